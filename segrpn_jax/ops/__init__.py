@@ -1,0 +1,1 @@
+"""Pure-jnp detection ops with static shapes: boxes, anchors, NMS, RoIAlign, matching, proposals."""
