@@ -1,0 +1,109 @@
+"""Every hyperparameter of SegRPN, with the paper's Cityscapes recipe as the default.
+
+The paper settings (baseline.py, segrpn.py, case1.py, case2.py, case3.py) start from
+`get_config()` and change only what their row of the paper changes.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default config: ResNet-50-FPN, case1, roi+rpn fusion, 512x1024, 96k steps."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # PRNG seed for parameters, sampling and data order
+
+  c.data = d = ml_collections.ConfigDict()
+  d.dataset = (
+    "cityscapes_instances"  # TFDS name: cityscapes_instances or synthetic_streets[/config]
+  )
+  d.data_dir = None  # TFDS data_dir (None: ~/tensorflow_datasets)
+  d.manual_dir = None  # folder with the Cityscapes zips or leftImg8bit/ + gtFine/
+  d.image_size = (512, 1024)  # (height, width) every image is resized to
+  d.max_instances = 100  # ground-truth boxes per image are padded to this; more is an error
+  d.random_flip = True  # horizontal flip in training
+  d.shuffle_buffer = 1024  # tf.data shuffle buffer (examples)
+  d.prefetch = 2  # batches prefetched on the host
+  d.train_split = "train"  # TFDS split for training
+  d.eval_split = "validation"  # TFDS split for evaluation
+
+  c.model = m = ml_collections.ConfigDict()
+  m.backbone = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+  m.width_multiplier = 1.0  # scales every ResNet width (small CPU models use < 1)
+  m.norm = "frozen_bn"  # frozen_bn (paper) | bn | gn
+  m.freeze_at = 2  # freeze the stem (1) and also res2 (2); 0 trains everything
+  m.pretrained = ""  # torchvision ResNet state dict (.pth/.npz/.safetensors); "" = from scratch
+  m.fpn_channels = 256  # FPN and RPN feature width
+  m.num_classes = 8  # detection thing classes (background excluded)
+  m.num_semantic_classes = 19  # Cityscapes trainIds
+  m.semantic_head = True  # Panoptic-FPN semantic head
+  m.class_agnostic = True  # class-agnostic module and RPN_mask (False: the paper's baseline)
+  m.semantic_channels = 128  # semantic head conv width
+  m.class_agnostic_convs = 2  # 3x3 convs per level in the class-agnostic module
+  m.scale_case = "case1"  # none | case1 | case2 | case3 (DESIGN.md table)
+  m.size_scale = 1.0  # scale-case thresholds are for 512x1024 input; multiply for other sizes
+  m.dtype = "float32"  # compute dtype: float32 | bfloat16
+
+  m.fusion = ml_collections.ConfigDict()
+  m.fusion.train = "roi+rpn"  # none | rpn | roi | roi+rpn, used in training
+  m.fusion.inference = "roi+rpn"  # none | rpn | roi | roi+rpn, used at inference
+
+  m.anchor = a = ml_collections.ConfigDict()
+  a.sizes = (32, 64, 128, 256, 512)  # one anchor size per level P2..P6
+  a.aspect_ratios = (0.5, 1.0, 2.0)  # h/w
+  a.strides = (4, 8, 16, 32, 64)  # P2..P6
+  a.offset = 0.0  # anchor centre offset in units of the stride (detectron2: 0)
+
+  m.rpn = r = ml_collections.ConfigDict()
+  r.iou_thresholds = (0.3, 0.7)  # below: negative, above: positive, between: ignored
+  r.batch_size_per_image = 256  # anchors sampled per image for the loss
+  r.positive_fraction = 0.5  # at most this fraction of sampled anchors are positive
+  r.pre_nms_topk_train = 2000  # per level, before NMS
+  r.pre_nms_topk_test = 1000
+  r.post_nms_topk_train = 2000  # per image, after NMS
+  r.post_nms_topk_test = 1000
+  r.nms_threshold = 0.7
+  r.min_size = 0.0  # proposals with a side below this (pixels) are masked out
+  r.box_weights = (1.0, 1.0, 1.0, 1.0)  # Box2BoxTransform weights of the RPN
+
+  m.roi = o = ml_collections.ConfigDict()
+  o.canonical_size = 224  # ROI level rule: k = floor(4 + log2(sqrt(wh) / canonical_size))
+  o.canonical_level = 4
+  o.pooler_resolution = 7  # RoIAlign output side
+  o.sampling_ratio = 2  # RoIAlign bilinear samples per bin side
+  o.fc_dim = 1024  # the two FC layers of the box head
+  o.batch_size_per_image = 512  # ROIs sampled per image in training
+  o.positive_fraction = 0.25
+  o.fg_iou_threshold = 0.5  # ROI with IoU >= this is foreground
+  o.box_weights = (10.0, 10.0, 5.0, 5.0)
+  o.score_threshold = 0.05  # inference
+  o.nms_threshold = 0.5  # inference, per class
+  o.detections_per_image = 100
+
+  c.loss = w = ml_collections.ConfigDict()
+  w.rpn_det = 1.0  # RPN_det objectness + box loss
+  w.rpn_mask = 1.0  # RPN_mask objectness + box loss
+  w.roi_cls = 1.0
+  w.roi_box = 1.0
+  w.semantic = 1.0  # semantic cross entropy
+  w.class_agnostic = 1.0  # per-level class-agnostic BCE
+
+  c.train = t = ml_collections.ConfigDict()
+  t.batch_size = 1  # global batch over all devices and hosts
+  t.num_steps = 96_000
+  t.base_lr = 0.001
+  t.warmup_start_lr = 0.0003  # linear warm-up from this ...
+  t.warmup_steps = 500  # ... to base_lr over this many steps
+  t.decay_steps = (60_000, 80_000)  # learning rate x decay_factor at each
+  t.decay_factor = 0.1
+  t.momentum = 0.9
+  t.weight_decay = 1e-4
+  t.checkpoint_every_steps = 2000
+  t.keep_checkpoints = 3  # Orbax keeps the last K
+  t.eval_every_steps = 8000
+  t.log_every_steps = 50
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 1  # global eval batch; the last batch is padded and masked
+  e.max_proposals = 1000  # AR@1000
+  e.num_image_summaries = 4
+  return c
