@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     "cityscapes_instances"  # TFDS name: cityscapes_instances or synthetic_streets[/config]
   )
   d.data_dir = None  # TFDS data_dir (None: ~/tensorflow_datasets)
-  d.manual_dir = None  # folder with the Cityscapes zips or leftImg8bit/ + gtFine/
+  d.manual_dir = "data/cityscapes"  # folder with the Cityscapes zips or leftImg8bit/ + gtFine/
   d.image_size = (512, 1024)  # (height, width) every image is resized to
   d.max_instances = 100  # ground-truth boxes per image are padded to this; more is an error
   d.random_flip = True  # horizontal flip in training
@@ -31,7 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.width_multiplier = 1.0  # scales every ResNet width (small CPU models use < 1)
   m.norm = "frozen_bn"  # frozen_bn (paper) | bn | gn
   m.freeze_at = 2  # freeze the stem (1) and also res2 (2); 0 trains everything
-  m.pretrained = ""  # torchvision ResNet state dict (.pth/.npz/.safetensors); "" = from scratch
+  m.pretrained = (
+    "weights/resnet50.npz"  # torchvision ResNet state dict (.pth/.npz/.safetensors); "" = none
+  )
   m.fpn_channels = 256  # FPN and RPN feature width
   m.num_classes = 8  # detection thing classes (background excluded)
   m.num_semantic_classes = 19  # Cityscapes trainIds
@@ -106,4 +108,77 @@ def get_config() -> ml_collections.ConfigDict:
   e.batch_size = 1  # global eval batch; the last batch is padded and masked
   e.max_proposals = 1000  # AR@1000
   e.num_image_summaries = 4
+  return c
+
+
+FUSIONS = ("none", "rpn", "roi", "roi+rpn")
+
+
+def synthetic(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The CPU quick start: synthetic_streets at 256x512, a small ResNet-18 and a short schedule.
+
+  Sizes are halved with the image: anchors 16..256 and the scale-case thresholds (size_scale).
+  Without ImageNet weights frozen BN would be an identity, so the small model uses GroupNorm.
+  """
+  c.data.dataset = "synthetic_streets"
+  c.data.manual_dir = None
+  c.data.image_size = (256, 512)
+  c.data.max_instances = 64
+  c.data.shuffle_buffer = 256
+  m = c.model
+  m.backbone = "resnet18"
+  m.width_multiplier = 0.5
+  m.norm = "gn"
+  m.freeze_at = 0
+  m.pretrained = ""
+  m.fpn_channels = 64
+  m.semantic_channels = 64
+  m.class_agnostic_convs = 1
+  m.size_scale = 0.5
+  m.anchor.sizes = (16, 32, 64, 128, 256)
+  m.rpn.pre_nms_topk_train = 1000
+  m.rpn.post_nms_topk_train = 500
+  m.rpn.pre_nms_topk_test = 500
+  m.rpn.post_nms_topk_test = 1000
+  m.roi.fc_dim = 256
+  m.roi.batch_size_per_image = 128
+  m.roi.canonical_size = m.roi.canonical_size // 2
+  t = c.train
+  t.batch_size = 4
+  t.num_steps = 3000
+  t.base_lr = 0.02
+  t.warmup_start_lr = 0.002
+  t.warmup_steps = 200
+  t.decay_steps = (2200, 2700)
+  t.checkpoint_every_steps = 500
+  t.eval_every_steps = 3000
+  t.log_every_steps = 50
+  c.eval.batch_size = 8
+  return c
+
+
+def apply_tokens(c: ml_collections.ConfigDict, arg: str | None, fusion_allowed: bool = True):
+  """Applies the comma-separated config tokens of `--config=FILE:TOKENS`.
+
+  Args:
+    c: a config from `get_config()` after the paper setting has been applied.
+    arg: e.g. "roi", "rpn,synthetic", "roi+rpn" or None. A fusion token sets the fusion used
+      in training and at inference (evaluation reports the numbers without it as well).
+    fusion_allowed: False for the baseline, which has no RPN_mask to fuse.
+
+  Returns:
+    The config, changed in place.
+  """
+  for token in filter(None, (arg or "").split(",")):
+    token = token.strip()
+    if token in FUSIONS:
+      if not fusion_allowed and token != "none":
+        raise ValueError(f"config token {token!r}: the baseline has no RPN_mask to fuse with.")
+      c.model.fusion.train = c.model.fusion.inference = token
+    elif token == "synthetic":
+      synthetic(c)
+    else:
+      raise ValueError(
+        f"unknown config token {token!r}; use a fusion ({', '.join(FUSIONS)}) and/or 'synthetic'."
+      )
   return c
