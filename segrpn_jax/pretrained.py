@@ -1,0 +1,265 @@
+"""ImageNet weights: torchvision ResNet state dicts converted to `ResNet` variables.
+
+Accepted files hold torchvision's keys (`conv1.weight`, `bn1.running_mean`,
+`layer1.0.downsample.0.weight`, ...): `.pth` (read with torch, imported only
+then), `.npz` (see scripts/convert_resnet.py) or `.safetensors` (the
+`safetensors` package when installed, else `read_safetensors` below).
+
+The ResNet module names mirror torchvision's, so the mapping is mechanical:
+`layerN.K.` <-> `layerN/blockK/`, `downsample.0`/`.1` <-> `downsample_conv`/
+`downsample_bn`, conv `weight` (OIHW) <-> `params/.../kernel` (HWIO), and BN
+`weight`/`bias`/`running_mean`/`running_var` <-> `frozen_bn/.../scale`/`bias`/
+`mean`/`var`.
+
+torchvision's weights expect RGB in [0, 1] normalised with TORCHVISION_PIXEL_MEAN
+and TORCHVISION_PIXEL_STD; the backbone does not normalise its input.
+"""
+
+import functools
+import json
+import os
+import re
+import struct
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from segrpn_jax.models.resnet import STAGE_BLOCKS, ResNet
+
+TORCHVISION_PIXEL_MEAN = (0.485, 0.456, 0.406)  # RGB, images scaled to [0, 1]
+TORCHVISION_PIXEL_STD = (0.229, 0.224, 0.225)
+
+# Keys of a torchvision ResNet state dict that the backbone does not use: the
+# ImageNet classifier and BatchNorm's step counters. They are skipped silently.
+SKIPPED_KEY_PATTERN = re.compile(r"^fc\.(weight|bias)$|(^|\.)num_batches_tracked$")
+
+_BN_LEAF_TO_TORCH = {
+  "scale": "weight",
+  "bias": "bias",
+  "mean": "running_mean",
+  "var": "running_var",
+}
+
+_SAFETENSORS_DTYPES = {
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
+}
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """Reads a .safetensors file with NumPy only.
+
+  The format: an 8-byte little-endian header length N, N bytes of JSON mapping
+  each name to {'dtype', 'shape', 'data_offsets': [begin, end]} (offsets into the
+  byte buffer that follows; an optional '__metadata__' entry), then the buffer
+  of little-endian, C-ordered tensors.
+
+  Args:
+    path: the file.
+
+  Returns:
+    name -> array (a copy, so the file can be closed).
+  """
+  with open(path, "rb") as f:
+    data = f.read()
+  if len(data) < 8:
+    raise ValueError(f"{path}: too short for a safetensors file (no 8-byte header length).")
+  (header_len,) = struct.unpack("<Q", data[:8])
+  if 8 + header_len > len(data):
+    raise ValueError(f"{path}: safetensors header length {header_len} exceeds the file size.")
+  try:
+    header = json.loads(data[8 : 8 + header_len])
+  except ValueError as e:
+    raise ValueError(f"{path}: the safetensors header is not valid JSON ({e}).") from e
+  buffer = memoryview(data)[8 + header_len :]
+  tensors = {}
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    if info["dtype"] not in _SAFETENSORS_DTYPES:
+      raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']!r}.")
+    dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
+    begin, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    if end - begin != int(np.prod(shape)) * dtype.itemsize or end > len(buffer):
+      raise ValueError(
+        f"{path}: tensor {name!r} offsets [{begin}, {end}) do not fit shape {shape} of "
+        f"{info['dtype']}."
+      )
+    array = np.frombuffer(buffer[begin:end], dtype=dtype).reshape(shape)
+    tensors[name] = array.astype(dtype.newbyteorder("="))
+  return tensors
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Reads a torchvision state dict from .pth, .npz or .safetensors.
+
+  Args:
+    path: the file; the format is chosen by its extension.
+
+  Returns:
+    key -> NumPy array, keys as in the file.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Pretrained weights file {path!r} does not exist.")
+  ext = os.path.splitext(path)[1].lower()
+  if ext in (".pth", ".pt"):
+    try:
+      import torch  # optional: only .pth files need it
+    except ImportError as e:
+      raise ImportError(
+        f"Reading {path!r} needs PyTorch, which is not installed. Convert it once on a "
+        "machine with torch (python scripts/convert_resnet.py --input X.pth --output X.npz "
+        "--depth N) or pass a .npz/.safetensors file with the same keys."
+      ) from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+      raise ValueError(f"{path}: expected a state dict (mapping of tensors), got {type(state)}.")
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+  if ext == ".npz":
+    with np.load(path, allow_pickle=False) as npz:
+      return {k: npz[k] for k in npz.files}
+  if ext == ".safetensors":
+    try:
+      from safetensors.numpy import load_file  # optional: read_safetensors is the fallback
+    except ImportError:
+      return read_safetensors(path)
+    return load_file(path)
+  raise ValueError(
+    f"Pretrained weights file {path!r}: unknown extension {ext!r}; use .pth, .npz or .safetensors."
+  )
+
+
+def torchvision_key(path: tuple[str, ...]) -> str:
+  """Maps a ResNet variable path to its torchvision state-dict key.
+
+  Args:
+    path: (collection, module, ..., leaf), e.g. ('params', 'layer1', 'block0',
+      'downsample_conv', 'kernel').
+
+  Returns:
+    The torchvision key, e.g. 'layer1.0.downsample.0.weight'.
+  """
+  collection, *modules, leaf = path
+  parts = []
+  for module in modules:
+    if module.startswith("block"):
+      parts.append(module[len("block") :])
+    elif module == "downsample_conv":
+      parts.append("downsample.0")
+    elif module == "downsample_bn":
+      parts.append("downsample.1")
+    else:
+      parts.append(module)
+  if collection == "params" and leaf == "kernel":
+    parts.append("weight")
+  elif collection == "frozen_bn":
+    parts.append(_BN_LEAF_TO_TORCH[leaf])
+  else:
+    raise ValueError(f"No torchvision counterpart for ResNet variable {'/'.join(path)}.")
+  return ".".join(parts)
+
+
+@functools.cache
+def _expected_layout(depth: int) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+  """torchvision key -> (ResNet variable path, torchvision shape) for one depth."""
+  model = ResNet(depth=depth, norm="frozen_bn")
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  layout = {}
+  for key_path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+    path = tuple(k.key for k in key_path)
+    shape = leaf.shape
+    if len(shape) == 4:  # HWIO -> OIHW
+      shape = (shape[3], shape[2], shape[0], shape[1])
+    layout[torchvision_key(path)] = (path, shape)
+  return layout
+
+
+def _listing(items: list[str], limit: int = 8) -> str:
+  shown = ", ".join(items[:limit])
+  return shown if len(items) <= limit else f"{shown}, ... ({len(items)} in all)"
+
+
+def variables_from_state_dict(state: dict, depth: int, source: str = "state dict") -> dict:
+  """Converts an in-memory torchvision ResNet state dict to `ResNet` variables.
+
+  `fc.weight`, `fc.bias` and every `*.num_batches_tracked` are expected extras and
+  are skipped; any other key the backbone lacks, any backbone key the dict lacks
+  and any shape mismatch is an error naming the key.
+
+  Args:
+    state: key -> array (NumPy or anything np.asarray takes), torchvision's keys.
+    depth: 18, 34, 50 or 101; must be the depth the weights were trained with.
+    source: what to call the dict in error messages (the file name).
+
+  Returns:
+    {'params': ..., 'frozen_bn': ...} nested dicts of float32 arrays, conv kernels
+    in HWIO, BatchNorm affine and running statistics in 'frozen_bn'.
+  """
+  if depth not in STAGE_BLOCKS:
+    raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}.")
+  layout = _expected_layout(depth)
+  used = {k: v for k, v in state.items() if not SKIPPED_KEY_PATTERN.search(k)}
+  missing = sorted(set(layout) - set(used))
+  unexpected = sorted(set(used) - set(layout))
+  misshaped = [
+    f"{k} is {tuple(np.shape(used[k]))}, ResNet-{depth} needs {layout[k][1]}"
+    for k in sorted(set(layout) & set(used))
+    if tuple(np.shape(used[k])) != layout[k][1]
+  ]
+  problems = []
+  if missing:
+    problems.append(f"missing keys: {_listing(missing)}")
+  if unexpected:
+    problems.append(f"unexpected keys: {_listing(unexpected)}")
+  if misshaped:
+    problems.append(f"mis-shaped keys: {_listing(misshaped)}")
+  if problems:
+    raise ValueError(
+      f"{source} is not a torchvision ResNet-{depth} state dict; {'; '.join(problems)}. "
+      "(fc.* and *.num_batches_tracked are skipped.) Check the depth "
+      "(config.model.backbone) matches the weights."
+    )
+
+  variables: dict = {}
+  for key, (var_path, _) in layout.items():
+    value = np.asarray(used[key], dtype=np.float32)
+    if value.ndim == 4:  # OIHW -> HWIO
+      value = value.transpose(2, 3, 1, 0)
+    node = variables
+    for name in var_path[:-1]:
+      node = node.setdefault(name, {})
+    node[var_path[-1]] = jnp.asarray(value)
+  return variables
+
+
+def load_torchvision_resnet(path: str, depth: int, width_multiplier: float = 1.0) -> dict:
+  """Reads a torchvision ResNet state dict file as `ResNet(depth, norm='frozen_bn')` variables.
+
+  Args:
+    path: .pth (needs torch), .npz or .safetensors file with torchvision's keys.
+    depth: 18, 34, 50 or 101; must be the depth the weights were trained with.
+    width_multiplier: the model's width multiplier; ImageNet weights need 1.0.
+
+  Returns:
+    {'params': ..., 'frozen_bn': ...} as `variables_from_state_dict` returns them.
+  """
+  if width_multiplier != 1.0:
+    raise ValueError(
+      f"ImageNet ResNet weights ({path!r}) have the standard widths; a model with "
+      f"width_multiplier={width_multiplier} cannot take them. Set width_multiplier=1.0 "
+      "or train from scratch (pretrained='')."
+    )
+  if depth not in STAGE_BLOCKS:
+    raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}.")
+  return variables_from_state_dict(read_state_dict(path), depth, source=path)
