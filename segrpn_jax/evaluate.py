@@ -40,13 +40,13 @@ def eval_step(model, variables, batch, fusion, num_classes):
     last batch (example_mask False) add nothing to the matrices.
   """
   out = api.predict(model, variables, batch["image"], fusion=fusion)
-  mask = batch["example_mask"][:, None, None]
+  mask = batch["example_mask"]
   semantic_cm = metrics.confusion_matrix_update(
-    out["semantic_labels"], jnp.where(mask, batch["semantic"], 255), num_classes
+    out["semantic_labels"], batch["semantic"], num_classes, mask=mask
   )
   fg_pred = (out["foreground_prob"] > 0.5).astype(jnp.int32)
-  fg_gt = jnp.where(mask, foreground_labels(batch["semantic"], batch["crowd"]), 255)
-  fg_cm = metrics.confusion_matrix_update(fg_pred, fg_gt, 2)
+  fg_gt = foreground_labels(batch["semantic"], batch["crowd"])
+  fg_cm = metrics.confusion_matrix_update(fg_pred, fg_gt, 2, mask=mask)
   return out, semantic_cm, fg_cm
 
 
@@ -60,11 +60,10 @@ class _DetectionMetrics:
   def add(self, out: dict, batch: dict) -> None:
     det, prop = out["detections"], out["proposals"]
     for i in np.flatnonzero(batch["example_mask"]):
-      num_crowd = batch["crowd_valid"].shape[1]
-      gt_boxes = np.concatenate([batch["boxes"][i], batch["crowd_boxes"][i]])
-      gt_classes = np.concatenate([batch["classes"][i], np.arange(1, num_crowd + 1)])
-      gt_valid = np.concatenate([batch["valid"][i], batch["crowd_valid"][i]])
-      gt_crowd = np.arange(len(gt_boxes)) >= len(batch["boxes"][i])
+      gt_boxes, gt_classes, gt_valid, gt_crowd = metrics.with_crowd_regions(
+        batch["boxes"][i], batch["classes"][i], batch["valid"][i],
+        batch["crowd_boxes"][i], batch["crowd_valid"][i],
+      )  # fmt: skip
       self.ap.add(
         det["boxes"][i], det["scores"][i], det["classes"][i], det["valid"][i],
         gt_boxes, gt_classes, gt_valid, gt_crowd,
@@ -104,8 +103,10 @@ def evaluate_variables(
   fusion = config.model.fusion.inference
   fusions = [fusion] + (["none"] if fusion != "none" else [])
   detection = {f: _DetectionMetrics(config) for f in fusions}
-  semantic = metrics.ConfusionMatrix(config.model.num_semantic_classes)
-  foreground = metrics.ConfusionMatrix(2)
+  semantic = metrics.ConfusionMatrix(
+    config.model.num_semantic_classes, class_names=metrics.CITYSCAPES_CLASSES
+  )
+  foreground = metrics.ConfusionMatrix(2, class_names=metrics.BINARY_CLASSES)
   images = []
   for batch in eval_data:
     device_batch = {k: batch[k] for k in input_pipeline.EVAL_DEVICE_KEYS}
