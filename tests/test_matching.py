@@ -116,16 +116,16 @@ def _reference_match(iou, valid, lo=0.3, hi=0.7):
 
 def test_match_random_against_reference():
   rng = np.random.default_rng(0)
-  for _ in range(5):
-    # IoUs on a coarse grid so that ties (within and across gt) are common.
-    iou = (rng.integers(0, 11, size=(6, 40)) / 10.0).astype(np.float32) * (
-      rng.random((6, 40)) < 0.5
-    )
-    valid = rng.random(6) < 0.7
-    matched, labels = _match(iou, valid)
-    want_matched, want_labels = _reference_match(iou, valid)
-    np.testing.assert_array_equal(labels, want_labels)
-    np.testing.assert_array_equal(matched, want_matched)
+  # IoUs on a coarse grid so that ties (within and across gt) are common; vmapped over images.
+  iou = (rng.integers(0, 11, size=(6, 6, 40)) / 10.0) * (rng.random((6, 6, 40)) < 0.5)
+  iou = iou.astype(np.float32)
+  valid = rng.random((6, 6)) < 0.7
+  valid[0] = False  # one image without valid ground truth
+  matched, labels = jax.jit(jax.vmap(matching.match))(iou, valid)
+  for i in range(6):
+    want_matched, want_labels = _reference_match(iou[i], valid[i])
+    np.testing.assert_array_equal(labels[i], want_labels)
+    np.testing.assert_array_equal(matched[i], want_matched)
 
 
 NUM_SAMPLES, FRACTION = 16, 0.25
