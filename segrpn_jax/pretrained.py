@@ -243,16 +243,46 @@ def variables_from_state_dict(state: dict, depth: int, source: str = "state dict
   return variables
 
 
-def load_torchvision_resnet(path: str, depth: int, width_multiplier: float = 1.0) -> dict:
-  """Reads a torchvision ResNet state dict file as `ResNet(depth, norm='frozen_bn')` variables.
+def frozen_bn_to_batch_norm(variables: dict) -> dict:
+  """Re-files frozen-BN variables for `ResNet(norm='bn')` (flax BatchNorm).
+
+  Args:
+    variables: {'params', 'frozen_bn'} as `variables_from_state_dict` returns them.
+
+  Returns:
+    {'params', 'batch_stats'}: each norm's scale/bias joins the trainable params
+    and its mean/var become the BatchNorm running statistics.
+  """
+  params = jax.tree.map(lambda x: x, variables["params"])  # a fresh nested dict
+  batch_stats: dict = {}
+
+  def refile(frozen: dict, params_node: dict, stats_node: dict) -> None:
+    for name, child in frozen.items():
+      if set(child) == set(_BN_LEAF_TO_TORCH):
+        params_node.setdefault(name, {}).update(scale=child["scale"], bias=child["bias"])
+        stats_node[name] = {"mean": child["mean"], "var": child["var"]}
+      else:
+        refile(child, params_node.setdefault(name, {}), stats_node.setdefault(name, {}))
+
+  refile(variables["frozen_bn"], params, batch_stats)
+  return {"params": params, "batch_stats": batch_stats}
+
+
+def load_torchvision_resnet(
+  path: str, depth: int, width_multiplier: float = 1.0, norm: str = "frozen_bn"
+) -> dict:
+  """Reads a torchvision ResNet state dict file as `ResNet(depth, norm=norm)` variables.
 
   Args:
     path: .pth (needs torch), .npz or .safetensors file with torchvision's keys.
     depth: 18, 34, 50 or 101; must be the depth the weights were trained with.
     width_multiplier: the model's width multiplier; ImageNet weights need 1.0.
+    norm: 'frozen_bn' (the paper's) or 'bn'; GroupNorm models cannot take
+      BatchNorm-trained weights.
 
   Returns:
-    {'params': ..., 'frozen_bn': ...} as `variables_from_state_dict` returns them.
+    {'params': ..., 'frozen_bn': ...} as `variables_from_state_dict` returns them,
+    or {'params': ..., 'batch_stats': ...} for norm='bn'.
   """
   if width_multiplier != 1.0:
     raise ValueError(
@@ -260,6 +290,12 @@ def load_torchvision_resnet(path: str, depth: int, width_multiplier: float = 1.0
       f"width_multiplier={width_multiplier} cannot take them. Set width_multiplier=1.0 "
       "or train from scratch (pretrained='')."
     )
+  if norm not in ("frozen_bn", "bn"):
+    raise ValueError(
+      f"torchvision ResNet weights ({path!r}) are BatchNorm-trained; norm={norm!r} cannot "
+      "take them. Use norm='frozen_bn' or 'bn', or train from scratch (pretrained='')."
+    )
   if depth not in STAGE_BLOCKS:
     raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}.")
-  return variables_from_state_dict(read_state_dict(path), depth, source=path)
+  variables = variables_from_state_dict(read_state_dict(path), depth, source=path)
+  return frozen_bn_to_batch_norm(variables) if norm == "bn" else variables

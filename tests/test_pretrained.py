@@ -245,6 +245,24 @@ def test_resnet18_with_converted_weights_matches_numpy_torchvision(tmp_path, r18
     np.testing.assert_allclose(features[name], expected[name], atol=1e-4 * scale, err_msg=name)
 
 
+def test_batch_norm_variables_for_a_bn_resnet(tmp_path, r18_state):
+  path = _write_npz(tmp_path / "r18.npz", r18_state)
+  variables = pretrained.load_torchvision_resnet(path, 18, norm="bn")
+  model = ResNet(depth=18, norm="bn")
+  images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  as_struct = lambda t: jax.tree.map(lambda x: (x.shape, x.dtype), t)
+  assert as_struct(variables) == as_struct(jax.eval_shape(model.init, jax.random.key(0), images))
+  for key, path_ in {
+    "bn1.weight": ("params", "bn1", "scale"),
+    "layer2.0.downsample.1.bias": ("params", "layer2", "block0", "downsample_bn", "bias"),
+    "layer4.1.bn2.running_mean": ("batch_stats", "layer4", "block1", "bn2", "mean"),
+    "layer3.0.bn1.running_var": ("batch_stats", "layer3", "block0", "bn1", "var"),
+  }.items():
+    np.testing.assert_array_equal(_get(variables, path_), r18_state[key], err_msg=key)
+  with pytest.raises(ValueError, match=r"norm='gn' cannot take them"):
+    pretrained.load_torchvision_resnet(path, 18, norm="gn")
+
+
 def _write_npz(path, state):
   np.savez(path, **state)
   return str(path)
