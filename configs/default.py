@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   r.post_nms_topk_train = 2000  # per image, after NMS
   r.post_nms_topk_test = 1000
   r.nms_threshold = 0.7
-  r.min_size = 0.0  # proposals with a side below this (pixels) are masked out
+  r.min_size = 0.0  # proposals need both sides > this (pixels), as detectron2 nonempty()
   r.box_weights = (1.0, 1.0, 1.0, 1.0)  # Box2BoxTransform weights of the RPN
 
   m.roi = o = ml_collections.ConfigDict()
