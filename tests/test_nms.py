@@ -9,18 +9,26 @@ import pytest
 
 from segrpn_jax.ops.nms import batched_nms, nms
 
-# Thresholds are static (Python floats, as the model passes them); max_output is static anyway.
-_nms = jax.jit(nms, static_argnames=("iou_threshold", "max_output"))
-_batched_nms = jax.jit(batched_nms, static_argnames=("iou_threshold", "max_output"))
+# The threshold is traced so that one compile serves every threshold. A traced threshold is
+# compared in float32, so the tests hand in `as_float32(t)`: the float32 value below which
+# comparisons agree with torchvision's double comparison (the rounding nms applies itself to a
+# Python float; test_ties_and_double_precision_threshold checks that path).
+_nms = jax.jit(nms, static_argnames=("max_output",))
+_batched_nms = jax.jit(batched_nms, static_argnames=("max_output",))
+
+
+def as_float32(iou_threshold):
+  t32 = np.float32(iou_threshold)
+  return np.nextafter(t32, np.float32(-np.inf)) if float(t32) > iou_threshold else t32
 
 
 def small_nms(boxes, scores, iou_threshold, valid=None, classes=None):
-  """Hand-computed cases padded to 8 boxes and 8 slots: one compile per threshold."""
+  """Hand-computed cases padded to 8 boxes and 8 slots, so they share one compile."""
   n = len(scores)
   pad = lambda x, value: np.concatenate([np.asarray(x), np.full((8 - n, *np.shape(x)[1:]), value)])
   valid = np.ones(n, bool) if valid is None else valid
   args = (pad(boxes, 0.0).astype(np.float32), pad(scores, 0.0).astype(np.float32))
-  kwargs = dict(valid=pad(valid, False), iou_threshold=iou_threshold, max_output=8)
+  kwargs = dict(valid=pad(valid, False), iou_threshold=as_float32(iou_threshold), max_output=8)
   if classes is None:
     idx, out_valid = _nms(*args, **kwargs)
   else:
@@ -112,10 +120,6 @@ def test_hand_computed():
   np.testing.assert_array_equal(small_nms(boxes, scores, 0.3), [0, 2])
   # Box 1 out-scoring box 0 flips everything: 1 kept, 0 suppressed, 3 (IoU 0.6 with 1) gone.
   np.testing.assert_array_equal(small_nms(boxes, [0.8, 0.9, 0.7, 0.6], 0.3), [1, 2])
-  # Eager (un-jitted) call with more slots than boxes kept: padded with index 0, valid False.
-  idx, valid = nms(jnp.array(boxes[:2]), jnp.array(scores[:2]), 0.5, 3)
-  np.testing.assert_array_equal(idx, [0, 0, 0])
-  np.testing.assert_array_equal(valid, [True, False, False])
 
 
 def test_chain_needs_exact_greedy():
@@ -132,9 +136,12 @@ def test_ties_and_double_precision_threshold():
   boxes = [[0.0, 0.0, 10.0, 10.0]] * 3 + [[50.0, 50.0, 60.0, 60.0]]
   np.testing.assert_array_equal(small_nms(boxes, [0.5] * 4, 0.5), [0, 3])
   # IoU = 3 / 10 is float32(0.3) = 0.30000001 > 0.3 as torchvision compares it (in double):
-  # suppressed, although it is not > float32(0.3).
-  pair = [[0.0, 0.0, 6.5, 1.0], [3.5, 0.0, 10.0, 1.0]]
-  np.testing.assert_array_equal(small_nms(pair, [1.0, 0.5], 0.3), [0])
+  # suppressed, although it is not > float32(0.3). A Python float threshold, eager call, more
+  # slots than boxes kept (padded with index 0, valid False).
+  pair = jnp.array([[0.0, 0.0, 6.5, 1.0], [3.5, 0.0, 10.0, 1.0], [20.0, 0.0, 26.5, 1.0]])
+  idx, valid = nms(pair, jnp.array([1.0, 0.5, 0.2]), 0.3, 4)
+  np.testing.assert_array_equal(idx, [0, 2, 0, 0])
+  np.testing.assert_array_equal(valid, [True, True, False, False])
 
 
 def test_invalid_never_kept():
@@ -148,7 +155,7 @@ def test_invalid_never_kept():
 @pytest.mark.parametrize("iou_threshold", [0.3, 0.5, 0.7, 0.9])
 def test_matches_greedy_reference_large(iou_threshold):
   boxes, scores = hard_case(seed=int(iou_threshold * 10), n=5000)
-  idx, valid = _nms(boxes, scores, iou_threshold=iou_threshold, max_output=5000)
+  idx, valid = _nms(boxes, scores, as_float32(iou_threshold), max_output=5000)
   np.testing.assert_array_equal(_kept(idx, valid), reference_nms(boxes, scores, iou_threshold))
 
 
@@ -165,14 +172,9 @@ def test_truncation_and_mask():
   boxes, scores, valid = _masked_case()
   expected = reference_nms(boxes, scores, 0.5, valid)
   assert len(expected) > 64
-  idx, out_valid = _nms(boxes, scores, valid=valid, iou_threshold=0.5, max_output=64)
+  idx, out_valid = _nms(boxes, scores, as_float32(0.5), valid=valid, max_output=64)
   np.testing.assert_array_equal(_kept(idx, out_valid), expected[:64])
   assert np.asarray(out_valid).all()
-  # More slots than boxes kept: the tail is padding.
-  idx, out_valid = _nms(boxes, scores, valid=valid, iou_threshold=0.5, max_output=1000)
-  np.testing.assert_array_equal(_kept(idx, out_valid), expected)
-  assert int(np.sum(out_valid)) == len(expected)
-  assert (np.asarray(idx)[len(expected) :] == 0).all()
 
 
 @pytest.mark.parametrize("iou_threshold", [0.3, 0.7])
@@ -181,7 +183,7 @@ def test_batched_nms_matches_reference(iou_threshold):
   classes = np.random.default_rng(3).integers(0, 5, 700)
   expected = reference_batched_nms(boxes, scores, classes, iou_threshold, valid)
   idx, out_valid = _batched_nms(
-    boxes, scores, classes, valid=valid, iou_threshold=iou_threshold, max_output=700
+    boxes, scores, classes, as_float32(iou_threshold), valid=valid, max_output=700
   )
   np.testing.assert_array_equal(_kept(idx, out_valid), expected)
   # Identical boxes of different classes never suppress each other.
@@ -195,12 +197,15 @@ def test_jit_vmap_per_example():
   boxes = np.stack([c[0] for c in cases])
   scores = np.stack([c[1] for c in cases])
   valid = np.stack([c[2] if c[2] is not None else np.ones(700, bool) for c in cases])
-  fn = jax.jit(jax.vmap(lambda b, s, v: nms(b, s, 0.6, 300, valid=v)))
+  fn = jax.jit(jax.vmap(lambda b, s, v: nms(b, s, 0.6, 1000, valid=v)))
   idx, out_valid = fn(boxes, scores, valid)
-  assert idx.shape == (3, 300)
+  assert idx.shape == (3, 1000)
   for i in range(3):
-    expected = reference_nms(boxes[i], scores[i], 0.6, valid[i])[:300]
+    # More slots than boxes kept: the tail is padding with index 0.
+    expected = reference_nms(boxes[i], scores[i], 0.6, valid[i])
     np.testing.assert_array_equal(_kept(idx[i], out_valid[i]), expected)
+    assert int(np.sum(out_valid[i])) == len(expected)
+    assert (np.asarray(idx[i])[len(expected) :] == 0).all()
 
 
 def test_bad_shapes_raise():
