@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 
 def _axis_samples(start_r, bin_size_r, size_r, output_size, sampling_ratio):
@@ -57,7 +58,9 @@ def _pool(
   table_mxc, boxes_rx4, base_r, height_r, width_r, scale_r, output_size, sampling_ratio, aligned
 ):
   """RoIAlign of every box from a flattened feature table; see the module docstring."""
-  boxes_rx4 = boxes_rx4.astype(jnp.float32)
+  # Like torchvision's op, RoIAlign is differentiable in the features only: gradients through
+  # the floor-based sample positions are not a useful training signal for the boxes.
+  boxes_rx4 = lax.stop_gradient(boxes_rx4.astype(jnp.float32))
   offset = 0.5 if aligned else 0.0
   x1 = boxes_rx4[:, 0] * scale_r - offset
   y1 = boxes_rx4[:, 1] * scale_r - offset
@@ -120,7 +123,8 @@ def roi_align(
       ROIAlignV2); False is the original Mask R-CNN rule.
 
   Returns:
-    [R, S, S, C] pooled features, dtype of `features_hxwxc`.
+    [R, S, S, C] pooled features, dtype of `features_hxwxc`; differentiable in the features,
+    not in the boxes (as in torchvision).
   """
   features_hxwxc = jnp.asarray(features_hxwxc)
   boxes_rx4 = jnp.asarray(boxes_rx4)
@@ -165,6 +169,7 @@ def multilevel_roi_align(
 
   Returns:
     [R, S, S, C] pooled features; row r equals roi_align on level levels_r[r] alone.
+    Differentiable in the features, not in the boxes.
   """
   features_by_level = [jnp.asarray(f) for f in features_by_level]
   boxes_rx4 = jnp.asarray(boxes_rx4)
