@@ -1,0 +1,19 @@
+"""TFDS builders of SegRPN; importing this package registers them with tfds.
+
+- `cityscapes_instances`: the Cityscapes release (manual download) with instance boxes.
+- `synthetic_streets`: procedural street scenes, the embedded default (no download).
+
+Both share one feature spec (`features.make_features`).
+"""
+
+from segrpn_jax.datasets import cityscapes_instances, synthetic_streets
+from segrpn_jax.datasets.cityscapes_instances import CityscapesInstances
+from segrpn_jax.datasets.synthetic_streets import SyntheticStreets, SyntheticStreetsConfig
+
+__all__ = [
+  "CityscapesInstances",
+  "SyntheticStreets",
+  "SyntheticStreetsConfig",
+  "cityscapes_instances",
+  "synthetic_streets",
+]
