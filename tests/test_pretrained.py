@@ -236,7 +236,7 @@ def test_resnet18_with_converted_weights_matches_numpy_torchvision(tmp_path, r18
   np.savez(tmp_path / "r18.npz", **r18_state)
   variables = pretrained.load_torchvision_resnet(str(tmp_path / "r18.npz"), 18)
   # Odd sizes exercise torchvision's explicit paddings (33x25 after the stem conv).
-  images = np.asarray(jax.random.normal(jax.random.key(0), (2, 66, 50, 3)))
+  images = np.random.default_rng(0).normal(size=(2, 66, 50, 3)).astype(np.float32)
   features = jax.jit(ResNet(depth=18).apply)(variables, images)
   expected = torchvision_forward_reference(r18_state, 18, images)
   for name in ("C2", "C3", "C4", "C5"):
