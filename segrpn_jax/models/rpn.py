@@ -1,0 +1,262 @@
+"""The RPN head shared across FPN levels, and SegRPN's fused anchor scoring of RPN_det and RPN_mask.
+
+One `RPNHead` (detectron2's StandardRPNHead) runs on every level: a 3x3 conv + ReLU gives the
+"RPN feature map" F, and two 1x1 convs give A objectness logits and 4A box deltas per position.
+SegRPN has two instances: RPN_det on P2..P6 and RPN_mask on the class-agnostic features.
+
+Fused anchor scoring: the 3x3 conv must run per level (the maps differ in size), but everything
+after it is position-wise, so every level's [B, H_l, W_l, C] map is flattened and concatenated to
+[B, sum_l H_l W_l, C] and the 1x1 convs (as one Dense), the fusions and the per-level top-k
+selection each run once on the concatenation. Only the selected anchors are decoded
+(ops.proposals). The flattened order is level-major, then (y, x, anchor): exactly the order of
+the concatenated `ops.anchors.generate_anchors` arrays.
+
+The fusions (DESIGN.md, "Two fusions"):
+  rpn:     F_det <- F_det + F_det * F_mask, before RPN_det's 1x1 convs (feature fusion);
+  roi:     logit <- logit_det + logit_mask, before the sigmoid (probability-map fusion);
+  roi+rpn: both; the roi sum then uses RPN_det's logits computed on the fused features.
+The box deltas that decode the proposals are always RPN_det's (on fused features under rpn).
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segrpn_jax.ops import proposals as proposals_ops
+
+FUSIONS = ("none", "rpn", "roi", "roi+rpn")
+
+# detectron2 StandardRPNHead: every conv ~ N(0, 0.01^2), bias 0.
+_RPN_INIT = nn.initializers.normal(stddev=0.01)
+
+
+def check_fusion(fusion: str, where: str) -> str:
+  """Returns `fusion` if it is one of FUSIONS, else raises naming `where` it came from.
+
+  Args:
+    fusion: the requested fusion.
+    where: the config key or argument that carried it, for the error message.
+
+  Returns:
+    `fusion` unchanged.
+  """
+  if fusion not in FUSIONS:
+    raise ValueError(f"{where} = {fusion!r} is not a fusion; use one of {FUSIONS}.")
+  return fusion
+
+
+class RPNHead(nn.Module):
+  """RPN head shared across levels (detectron2 StandardRPNHead).
+
+  Attributes:
+    channels: width of the 3x3 conv (the RPN feature map F).
+    num_anchors: A, anchors per position (one size per level x aspect ratios).
+    dtype: compute dtype; parameters stay float32.
+  """
+
+  channels: int
+  num_anchors: int = 3
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.conv = nn.Conv(
+      self.channels,
+      (3, 3),
+      padding="SAME",
+      kernel_init=_RPN_INIT,
+      bias_init=nn.initializers.zeros,
+      dtype=self.dtype,
+      name="conv",
+    )
+    # The 1x1 convs as Dense layers: they run once on all levels' flattened positions.
+    self.objectness = nn.Dense(
+      self.num_anchors, kernel_init=_RPN_INIT, dtype=self.dtype, name="objectness"
+    )
+    self.deltas = nn.Dense(
+      4 * self.num_anchors, kernel_init=_RPN_INIT, dtype=self.dtype, name="deltas"
+    )
+
+  def features(self, levels: Sequence[jnp.ndarray]) -> list[jnp.ndarray]:
+    """The RPN feature maps F of every level: ReLU(conv3x3(x)).
+
+    Args:
+      levels: [B, H_l, W_l, C_in] input maps.
+
+    Returns:
+      list of [B, H_l, W_l, channels].
+    """
+    return [nn.relu(self.conv(x)) for x in levels]
+
+  def predict(self, features_bxnxc: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The 1x1 convs on flattened positions.
+
+    Args:
+      features_bxnxc: [B, N, C] RPN features of N positions (all levels, flattened).
+
+    Returns:
+      (logits [B, N * A], deltas [B, N * A, 4]) in (position, anchor) order, deltas as
+      (dx, dy, dw, dh) like detectron2's (N, A, 4, H, W) view of its 4A channels.
+    """
+    b, n, _ = features_bxnxc.shape
+    logits = self.objectness(features_bxnxc).reshape(b, n * self.num_anchors)
+    deltas = self.deltas(features_bxnxc).reshape(b, n * self.num_anchors, 4)
+    return logits, deltas
+
+  def __call__(self, levels: Sequence[jnp.ndarray]):
+    """Features and predictions of every level (used for initialisation and inspection).
+
+    Args:
+      levels: [B, H_l, W_l, C_in] input maps.
+
+    Returns:
+      (features list, logits [B, N*A], deltas [B, N*A, 4]) over the flattened levels.
+    """
+    feats = self.features(levels)
+    logits, deltas = self.predict(flatten_levels(feats))
+    return feats, logits, deltas
+
+
+def flatten_levels(maps: Sequence[jnp.ndarray]) -> jnp.ndarray:
+  """Concatenates [B, H_l, W_l, C] maps into [B, sum_l H_l W_l, C] (level-major, then y, x).
+
+  Args:
+    maps: one [B, H_l, W_l, C] map per level.
+
+  Returns:
+    [B, sum_l H_l W_l, C].
+  """
+  return jnp.concatenate([m.reshape(m.shape[0], -1, m.shape[-1]) for m in maps], axis=1)
+
+
+def split_levels(flat: jnp.ndarray, sizes: Sequence[int]) -> list[jnp.ndarray]:
+  """Splits axis 1 of a level-concatenated array back into per-level pieces.
+
+  Args:
+    flat: [B, sum(sizes), ...].
+    sizes: static per-level lengths.
+
+  Returns:
+    list of [B, sizes[l], ...].
+  """
+  return jnp.split(flat, np.cumsum(sizes)[:-1].tolist(), axis=1)
+
+
+def fused_scoring(
+  det_head: RPNHead,
+  det_features: Sequence[jnp.ndarray],
+  fusion: str,
+  mask_head: RPNHead | None = None,
+  mask_features: Sequence[jnp.ndarray] | None = None,
+) -> dict:
+  """Objectness and deltas of all anchors of all levels under `fusion`, in one batched pass.
+
+  Args:
+    det_head: the bound RPN_det head.
+    det_features: RPN_det's feature maps F_det per level, [B, H_l, W_l, C].
+    fusion: one of FUSIONS; anything but 'none' needs the mask head and features.
+    mask_head: the bound RPN_mask head (None for the baseline).
+    mask_features: RPN_mask's feature maps F_mask per level, [B, H_l, W_l, C].
+
+  Returns:
+    dict with
+      logits [B, N]: the objectness logits that rank the proposals (fused per `fusion`);
+      deltas [B, N, 4]: RPN_det's deltas that decode them (on fused features under rpn);
+      det_logits, det_deltas: RPN_det on its own features F_det (no fusion);
+      and, with a mask head, mask_logits, mask_deltas: RPN_mask's own predictions.
+    N = sum_l H_l W_l A, ordered like the concatenated anchors.
+  """
+  check_fusion(fusion, "fusion")
+  f_det = flatten_levels(det_features)
+  det_logits, det_deltas = det_head.predict(f_det)
+  out = {"det_logits": det_logits, "det_deltas": det_deltas}
+  if mask_head is None:
+    if fusion != "none":
+      raise ValueError(
+        f"fusion {fusion!r} needs RPN_mask, but config.model.class_agnostic is False; "
+        "use fusion 'none' for the baseline."
+      )
+    out.update(logits=det_logits, deltas=det_deltas)
+    return out
+  f_mask = flatten_levels(mask_features)
+  mask_logits, mask_deltas = mask_head.predict(f_mask)
+  out.update(mask_logits=mask_logits, mask_deltas=mask_deltas)
+  logits, deltas = det_logits, det_deltas
+  if fusion in ("rpn", "roi+rpn"):
+    logits, deltas = det_head.predict(f_det + f_det * f_mask)  # feature fusion
+  if fusion in ("roi", "roi+rpn"):
+    logits = logits + mask_logits  # probability-map fusion: sum of logits before the sigmoid
+  out.update(logits=logits, deltas=deltas)
+  return out
+
+
+def level_sizes(feature_maps: Sequence[jnp.ndarray], num_anchors: int) -> list[int]:
+  """Number of anchors of each level: H_l * W_l * A.
+
+  Args:
+    feature_maps: [B, H_l, W_l, C] maps.
+    num_anchors: A.
+
+  Returns:
+    list of static ints.
+  """
+  return [int(m.shape[1] * m.shape[2] * num_anchors) for m in feature_maps]
+
+
+def propose(
+  logits_bxn: jnp.ndarray,
+  deltas_bxnx4: jnp.ndarray,
+  anchors_by_level: Sequence[np.ndarray],
+  image_size: tuple[int, int],
+  pre_nms_topk: int,
+  post_nms_topk: int,
+  nms_threshold: float,
+  min_size: float,
+  box_weights: Sequence[float],
+) -> dict:
+  """Proposals of a batch from flattened anchor scores (detectron2 find_top_rpn_proposals).
+
+  Args:
+    logits_bxn: [B, N] objectness logits (already fused), N = total anchors.
+    deltas_bxnx4: [B, N, 4] deltas.
+    anchors_by_level: per level [N_l, 4] anchors (host constants), sum N_l = N.
+    image_size: (height, width) for clipping.
+    pre_nms_topk: anchors kept per level before NMS.
+    post_nms_topk: proposals kept per image.
+    nms_threshold: NMS IoU threshold.
+    min_size: boxes with a side below this are masked out.
+    box_weights: RPN Box2BoxTransform weights.
+
+  Returns:
+    dict boxes [B, P, 4], logits [B, P], scores [B, P] (sigmoid), valid [B, P],
+    P = post_nms_topk, sorted by logit descending.
+  """
+  sizes = [a.shape[0] for a in anchors_by_level]
+  if sum(sizes) != logits_bxn.shape[1]:
+    raise ValueError(
+      f"{logits_bxn.shape[1]} anchor scores but {sum(sizes)} anchors: the feature maps do not "
+      f"match config.data.image_size = {tuple(image_size)}."
+    )
+  logits_f32 = logits_bxn.astype(jnp.float32)
+  deltas_f32 = deltas_bxnx4.astype(jnp.float32)
+  anchors = [jnp.asarray(a) for a in anchors_by_level]
+
+  def one_image(logits_n, deltas_nx4):
+    logits_l = jnp.split(logits_n, np.cumsum(sizes)[:-1].tolist())
+    deltas_l = jnp.split(deltas_nx4, np.cumsum(sizes)[:-1].tolist())
+    return proposals_ops.generate_proposals(
+      logits_l,
+      deltas_l,
+      anchors,
+      tuple(image_size),
+      pre_nms_topk,
+      post_nms_topk,
+      nms_threshold,
+      min_size=min_size,
+      box_weights=tuple(box_weights),
+    )
+
+  boxes, logits, valid = jax.vmap(one_image)(logits_f32, deltas_f32)
+  return {"boxes": boxes, "logits": logits, "scores": jax.nn.sigmoid(logits), "valid": valid}

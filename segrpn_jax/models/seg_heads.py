@@ -1,0 +1,194 @@
+"""Segmentation heads: the Panoptic-FPN semantic head and the multi-scale class-agnostic module.
+
+Wiring (all maps NHWC; P_l has stride 2**l; "up" = bilinear 2x, half-pixel centres, resized to the
+exact size of the next finer map so that sizes not divisible by 64 still line up):
+
+  Semantic head (Panoptic FPN, Kirillov et al. 2019), S = config.model.semantic_channels:
+    P2 -> conv3x3-GN-ReLU                                   -> s2   (stride 4)
+    P3 -> conv3x3-GN-ReLU -> up                             -> s3
+    P4 -> (conv3x3-GN-ReLU -> up) x 2                       -> s4
+    P5 -> (conv3x3-GN-ReLU -> up) x 3                       -> s5
+    z  = s2 + s3 + s4 + s5 (+ prior, below)
+    semantic logits = conv1x1(z) -> [B, H/4, W/4, 19]; labels: bilinear 4x to the input, argmax.
+
+  Class-agnostic module, one stack of its own per level l = 2..6 (the levels see different
+  object scales, so their weights are not shared), K = config.model.class_agnostic_convs,
+  C = config.model.fpn_channels:
+    P_l -> (conv3x3-GN-ReLU) x K -> M_l [B, H_l, W_l, C]    (input of RPN_mask on level l)
+    M_l -> conv1x1 -> foreground logit map [B, H_l, W_l]     (class-agnostic loss of level l)
+    M_l -> conv1x1 to S -> bilinear resize to stride 4       -> q_l
+    prior = q_2 + ... + q_6, added to z before the semantic 1x1 (the paper's "scale specific
+    objectness prior"). Without a semantic head the prior projections do not exist.
+
+GroupNorm uses gcd(32, width) groups (32 for the paper's widths, fewer for tiny test models).
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# detectron2 c2_msra_fill: He-normal with fan_out, as used by its SemSegFPNHead convs.
+_MSRA = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+SEMANTIC_LEVELS = ("P2", "P3", "P4", "P5")
+CLASS_AGNOSTIC_LEVELS = ("P2", "P3", "P4", "P5", "P6")
+
+
+def resize_bilinear(x_bxhxwxc: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
+  """Bilinear resize with half-pixel centres (PyTorch interpolate, align_corners=False).
+
+  Args:
+    x_bxhxwxc: [B, H, W, C] map.
+    height: output height.
+    width: output width.
+
+  Returns:
+    [B, height, width, C] in the input dtype.
+  """
+  b, _, _, c = x_bxhxwxc.shape
+  return jax.image.resize(x_bxhxwxc, (b, height, width, c), "bilinear").astype(x_bxhxwxc.dtype)
+
+
+def num_groups(width: int) -> int:
+  """GroupNorm groups for a conv width: 32 when it divides the width, else the largest divisor."""
+  return math.gcd(32, width)
+
+
+class ConvGNReLU(nn.Module):
+  """3x3 conv (no bias) -> GroupNorm -> ReLU.
+
+  Attributes:
+    features: output width.
+    dtype: compute dtype.
+  """
+
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(
+      self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=_MSRA, dtype=self.dtype
+    )(x)
+    x = nn.GroupNorm(num_groups=num_groups(self.features), dtype=self.dtype)(x)
+    return nn.relu(x)
+
+
+class SemanticHead(nn.Module):
+  """Panoptic-FPN semantic head (see the module docstring for the wiring).
+
+  Attributes:
+    num_classes: semantic classes (19 Cityscapes trainIds).
+    channels: conv width S.
+    dtype: compute dtype.
+  """
+
+  num_classes: int
+  channels: int = 128
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self, pyramid: Mapping[str, jnp.ndarray], prior_bxhxwxs: jnp.ndarray | None = None
+  ) -> jnp.ndarray:
+    """Semantic logits at stride 4.
+
+    Args:
+      pyramid: FPN maps with keys P2..P5, [B, H_l, W_l, C].
+      prior_bxhxwxs: optional [B, H/4, W/4, S] objectness prior added before the classifier.
+
+    Returns:
+      [B, H/4, W/4, num_classes] logits (stride of P2).
+    """
+    total = None
+    for i, name in enumerate(SEMANTIC_LEVELS):
+      x = pyramid[name]
+      level = i + 2
+      for j in range(max(1, i)):
+        x = ConvGNReLU(self.channels, dtype=self.dtype, name=f"{name}_conv{j}")(x)
+        if i > 0:
+          finer = pyramid[f"P{level - j - 1}"]
+          x = resize_bilinear(x, finer.shape[1], finer.shape[2])
+      total = x if total is None else total + x
+    if prior_bxhxwxs is not None:
+      total = total + prior_bxhxwxs
+    return nn.Conv(self.num_classes, (1, 1), kernel_init=_MSRA, dtype=self.dtype, name="predictor")(
+      total
+    )
+
+
+class ClassAgnosticModule(nn.Module):
+  """Multi-scale class-agnostic (foreground/background) module, one conv stack per level.
+
+  Attributes:
+    channels: width of the per-level features M_l (the input of RPN_mask).
+    num_convs: conv3x3-GN-ReLU layers per level.
+    prior_channels: width S of the objectness prior for the semantic head; None: no prior.
+    dtype: compute dtype.
+  """
+
+  channels: int = 256
+  num_convs: int = 2
+  prior_channels: int | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, pyramid: Mapping[str, jnp.ndarray]):
+    """Per-level features, foreground logits and (optionally) the stride-4 prior.
+
+    Args:
+      pyramid: FPN maps with keys P2..P6, [B, H_l, W_l, C].
+
+    Returns:
+      (features: list of [B, H_l, W_l, channels] for P2..P6,
+       logits: list of [B, H_l, W_l] foreground logits for P2..P6,
+       prior: [B, H_2, W_2, prior_channels] or None).
+    """
+    features, logits, prior = [], [], None
+    stride4 = pyramid["P2"]
+    for name in CLASS_AGNOSTIC_LEVELS:
+      x = pyramid[name]
+      for j in range(self.num_convs):
+        x = ConvGNReLU(self.channels, dtype=self.dtype, name=f"{name}_conv{j}")(x)
+      features.append(x)
+      logit = nn.Conv(
+        1,
+        (1, 1),
+        kernel_init=nn.initializers.normal(0.01),
+        dtype=self.dtype,
+        name=f"{name}_logit",
+      )(x)
+      logits.append(logit[..., 0])
+      if self.prior_channels is not None:
+        q = nn.Conv(
+          self.prior_channels, (1, 1), kernel_init=_MSRA, dtype=self.dtype, name=f"{name}_prior"
+        )(x)
+        q = resize_bilinear(q, stride4.shape[1], stride4.shape[2])
+        prior = q if prior is None else prior + q
+    return features, logits, prior
+
+
+def foreground_probability(
+  logits_by_level: Sequence[jnp.ndarray], height: int, width: int
+) -> jnp.ndarray:
+  """The binary foreground map for mIoU*: max over levels of the upsampled per-level sigmoids.
+
+  Each level only predicts the instances of its own scale (scale-specific targets), so the
+  union of the levels - their pixelwise max - is the class-agnostic foreground.
+
+  Args:
+    logits_by_level: [B, H_l, W_l] foreground logits of P2..P6.
+    height: input height.
+    width: input width.
+
+  Returns:
+    [B, height, width] float32 probabilities (sigmoid first, then bilinear resize, then max).
+  """
+  probs = [
+    resize_bilinear(jax.nn.sigmoid(x.astype(jnp.float32))[..., None], height, width)[..., 0]
+    for x in logits_by_level
+  ]
+  return jnp.max(jnp.stack(probs, axis=0), axis=0)
