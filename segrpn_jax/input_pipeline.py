@@ -1,0 +1,417 @@
+"""tfds -> tf.data -> NumPy batches with static shapes (the batch contract).
+
+Every batch is a dict of NumPy arrays whose leading axis is the per-process batch
+(global batch / jax.process_count()); each process reads its own shard of the split:
+
+  image float32 [B, H, W, 3] (ImageNet mean/std), semantic int32 [B, H, W] (trainIds, 255
+  ignore), instance_map int32 [B, H, W], crowd bool [B, H, W], boxes float32 [B, N, 4] (xyxy
+  pixels), classes int32 [B, N] (1..8, 0 = pad), valid bool [B, N], crowd_boxes float32
+  [B, 8, 4], crowd_valid bool [B, 8], example_mask bool [B]; eval batches also carry image_id
+  (bytes, host only).
+
+N = config.data.max_instances. An image with more instances is an error, never truncated.
+"""
+
+import math
+import os
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import segrpn_jax.datasets  # noqa: F401  (registers the builders with tfds)
+from segrpn_jax.datasets import cityscapes_instances, labels
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_HOST_ONLY = ("image_id", "num_instances")  # checked and dropped before a train batch is yielded
+# The keys evaluation passes into jit (image_id stays on the host).
+EVAL_DEVICE_KEYS = ("image", "semantic", "crowd", "example_mask")
+# Decoded in our own map rather than by tfds, so that skipping examples (resuming) is cheap.
+_LATE_DECODED = ("image", "semantic", "instance_map", "crowd")
+
+
+def _open_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  try:
+    return tfds.builder(config.data.dataset, data_dir=config.data.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+      f"config.data.dataset={config.data.dataset!r} is not a tfds dataset; use "
+      "'cityscapes_instances' or 'synthetic_streets[/default|/res512x1024|/tiny]'."
+    ) from e
+
+
+def _check_manual_dir(config: ml_collections.ConfigDict, builder) -> None:
+  """For an unbuilt Cityscapes, fails unless config.data.manual_dir holds the release."""
+  if builder.name != "cityscapes_instances" or builder.is_prepared():
+    return
+  needed = (
+    f"{cityscapes_instances.IMAGE_ZIP} and {cityscapes_instances.LABEL_ZIP} (or their "
+    "extracted folders leftImg8bit/ and gtFine/)"
+  )
+  manual_dir = config.data.manual_dir
+  if not manual_dir:
+    raise ValueError(
+      f"{config.data.dataset} is not prepared in {builder.data_dir} and config.data.manual_dir "
+      f"is not set: point config.data.manual_dir at a folder holding {needed}.\n"
+      + cityscapes_instances.MANUAL_DOWNLOAD_INSTRUCTIONS
+    )
+  for folder, zip_name in (
+    ("leftImg8bit", cityscapes_instances.IMAGE_ZIP),
+    ("gtFine", cityscapes_instances.LABEL_ZIP),
+  ):
+    if not (
+      os.path.isdir(os.path.join(manual_dir, folder))
+      or os.path.isfile(os.path.join(manual_dir, zip_name))
+    ):
+      raise FileNotFoundError(
+        f"config.data.manual_dir={manual_dir!r} holds neither {zip_name} nor {folder}/; it "
+        f"needs {needed}.\n" + cityscapes_instances.MANUAL_DOWNLOAD_INSTRUCTIONS
+      )
+
+
+def check_inputs(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, naming the config key, on data settings that cannot work; builds nothing.
+
+  Args:
+    config: The experiment config.
+
+  Raises:
+    ValueError / FileNotFoundError: for an unknown dataset, a Cityscapes release that is
+    neither built nor in config.data.manual_dir, batch sizes that do not divide over the
+    devices, or a bad image_size / max_instances.
+  """
+  height, width = config.data.image_size
+  if height <= 0 or width <= 0:
+    raise ValueError(f"config.data.image_size={config.data.image_size} must be positive")
+  if config.data.max_instances <= 0:
+    raise ValueError(f"config.data.max_instances={config.data.max_instances} must be positive")
+  per_process_batch_size(config.train.batch_size, "config.train.batch_size", jax.process_count())
+  per_process_batch_size(config.eval.batch_size, "config.eval.batch_size", jax.process_count())
+  _check_manual_dir(config, _open_builder(config))
+
+
+def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The tfds builder of `config.data.dataset`, prepared first if it has not been yet.
+
+  Every process prepares a missing dataset itself; tfds writes to a temporary folder and
+  renames it, so processes sharing a data_dir do not corrupt each other.
+
+  Args:
+    config: The experiment config (`data.dataset`, `data.data_dir`, `data.manual_dir`).
+
+  Returns:
+    A prepared tfds DatasetBuilder.
+
+  Raises:
+    ValueError: for an unknown dataset, or for Cityscapes that is not built yet while
+      `config.data.manual_dir` is unset (FileNotFoundError: set but without the release).
+  """
+  builder = _open_builder(config)
+  if builder.is_prepared():
+    return builder
+  _check_manual_dir(config, builder)
+  download_config = tfds.download.DownloadConfig(manual_dir=config.data.manual_dir)
+  builder.download_and_prepare(download_config=download_config)
+  return builder
+
+
+def per_process_batch_size(global_batch_size: int, key: str, process_count: int) -> int:
+  """Splits a global batch over processes after checking it divides over the devices.
+
+  Args:
+    global_batch_size: The batch over all devices and processes.
+    key: Its config key, for the error message.
+    process_count: Number of processes (hosts).
+
+  Returns:
+    The batch each process yields.
+
+  Raises:
+    ValueError: if the batch does not divide by jax.device_count().
+  """
+  devices = jax.device_count()
+  if global_batch_size <= 0 or global_batch_size % devices or global_batch_size % process_count:
+    raise ValueError(
+      f"{key}={global_batch_size} must be a positive multiple of the {devices} devices "
+      f"(jax.device_count()) and of the {process_count} processes; set {key} to a multiple of "
+      f"{devices}."
+    )
+  return global_batch_size // process_count
+
+
+def _crowd_boxes(crowd_hxw: tf.Tensor, semantic_hxw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Per thing class, the pixel extent [x1, y1, x2, y2] of its crowd pixels and whether any."""
+  height, width = crowd_hxw.shape
+  num = labels.NUM_THING_CLASSES
+
+  def extents():
+    thing = tf.where(crowd_hxw, semantic_hxw - labels.THING_TRAIN_ID_OFFSET - 1, -1)
+    onehot_hxwxc = tf.equal(thing[..., None], tf.range(num))
+    rows_hxc = tf.cast(tf.reduce_any(onehot_hxwxc, axis=1), tf.int32)
+    cols_wxc = tf.cast(tf.reduce_any(onehot_hxwxc, axis=0), tf.int32)
+    y1 = tf.argmax(rows_hxc, axis=0, output_type=tf.int32)
+    y2 = height - tf.argmax(rows_hxc[::-1], axis=0, output_type=tf.int32)
+    x1 = tf.argmax(cols_wxc, axis=0, output_type=tf.int32)
+    x2 = width - tf.argmax(cols_wxc[::-1], axis=0, output_type=tf.int32)
+    valid = tf.reduce_any(rows_hxc > 0, axis=0)
+    boxes = tf.cast(tf.stack([x1, y1, x2, y2], axis=1), tf.float32)
+    return tf.where(valid[:, None], boxes, 0.0), valid
+
+  # Most images have no crowd pixels: skip the [H, W, 8] comparison for them.
+  return tf.cond(
+    tf.reduce_any(crowd_hxw), extents, lambda: (tf.zeros((num, 4)), tf.zeros((num,), tf.bool))
+  )
+
+
+def preprocess(
+  example: dict, image_size: tuple[int, int], max_instances: int, flip: tf.Tensor
+) -> dict:
+  """Decoded tfds example -> one element of the batch contract (plus image_id, num_instances).
+
+  Args:
+    example: A decoded example of the shared features.
+    image_size: (height, width) to resize to.
+    max_instances: N, the padded number of boxes.
+    flip: Scalar bool tensor: mirror image, maps and boxes horizontally.
+
+  Returns:
+    A dict of tensors with static shapes; boxes beyond N are cut here and reported through
+    `num_instances` so the host can fail on them.
+  """
+  height, width = image_size
+  image = tf.image.resize(tf.cast(example["image"], tf.float32), image_size, method="bilinear")
+
+  def nearest(map_hxw, dtype):
+    return tf.image.resize(tf.cast(map_hxw, dtype)[..., None], image_size, method="nearest")[..., 0]
+
+  semantic = nearest(example["semantic"][..., 0], tf.int32)
+  instance_map = nearest(example["instance_map"], tf.int32)
+  crowd = nearest(example["crowd"], tf.uint8) > 0
+  # tfds boxes are normalised [ymin, xmin, ymax, xmax]; the contract is xyxy pixels.
+  ymin, xmin, ymax, xmax = tf.unstack(example["instances"]["bbox"], num=4, axis=1)
+  boxes = tf.stack([xmin * width, ymin * height, xmax * width, ymax * height], axis=1)
+  classes = tf.cast(example["instances"]["label"], tf.int32) + 1
+
+  def mirror():
+    x1, y1, x2, y2 = tf.unstack(boxes, num=4, axis=1)
+    flipped_boxes = tf.stack([width - x2, y1, width - x1, y2], axis=1)
+    return image[:, ::-1], semantic[:, ::-1], instance_map[:, ::-1], crowd[:, ::-1], flipped_boxes
+
+  image, semantic, instance_map, crowd, boxes = tf.cond(
+    flip, mirror, lambda: (image, semantic, instance_map, crowd, boxes)
+  )
+  crowd_boxes, crowd_valid = _crowd_boxes(crowd, semantic)
+  image = (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+  num_instances = tf.shape(classes)[0]
+  pad = tf.maximum(max_instances - num_instances, 0)
+  boxes = tf.pad(boxes[:max_instances], [[0, pad], [0, 0]])
+  classes = tf.pad(classes[:max_instances], [[0, pad]])
+  return {
+    "image": tf.ensure_shape(tf.cast(image, tf.float32), (height, width, 3)),
+    "semantic": tf.ensure_shape(semantic, (height, width)),
+    "instance_map": tf.ensure_shape(instance_map, (height, width)),
+    "crowd": tf.ensure_shape(crowd, (height, width)),
+    "boxes": tf.ensure_shape(boxes, (max_instances, 4)),
+    "classes": tf.ensure_shape(classes, (max_instances,)),
+    "valid": tf.range(max_instances) < num_instances,
+    "crowd_boxes": crowd_boxes,
+    "crowd_valid": crowd_valid,
+    "example_mask": tf.constant(True),
+    "image_id": example["image_id"],
+    "num_instances": num_instances,
+  }
+
+
+def check_instance_counts(batch: dict, max_instances: int) -> None:
+  """Fails on an image with more instances than the padded size (they would be lost).
+
+  Args:
+    batch: A NumPy batch carrying `num_instances` and `image_id`.
+    max_instances: config.data.max_instances.
+
+  Raises:
+    ValueError: naming the first offending image, its count and the config key to raise.
+  """
+  over = np.flatnonzero(batch["num_instances"] > max_instances)
+  if over.size:
+    i = over[0]
+    image_id = batch["image_id"][i].decode()
+    raise ValueError(
+      f"image {image_id} has {batch['num_instances'][i]} instances, more than "
+      f"config.data.max_instances={max_instances}; raise config.data.max_instances to at least "
+      f"{batch['num_instances'].max()}."
+    )
+
+
+def _read(builder, split, process_index, process_count, config, shuffle):
+  """This process's shard of a split, with the large features still encoded."""
+  shard = tfds.even_splits(split, n=process_count)[process_index]
+  read_config = tfds.ReadConfig(shuffle_seed=config.seed, try_autocache=False)
+  decoders = {key: tfds.decode.SkipDecoding() for key in _LATE_DECODED}
+  ds = builder.as_dataset(
+    split=shard, shuffle_files=shuffle, read_config=read_config, decoders=decoders
+  )
+  return ds, builder.info.splits[shard].num_examples
+
+
+def _decode(example: dict, features: tfds.features.FeaturesDict) -> dict:
+  return {**example, **{key: features[key].decode_example(example[key]) for key in _LATE_DECODED}}
+
+
+def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)
+
+
+def create_train_iterator(
+  config: ml_collections.ConfigDict,
+  start_step: int = 0,
+  *,
+  builder: tfds.core.DatasetBuilder | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict]:
+  """An infinite iterator of training batches (shuffled, randomly flipped, deterministic).
+
+  Args:
+    config: The experiment config.
+    start_step: Batches already consumed (a resumed run): the iterator continues with batch
+      `start_step` of the stream a fresh run would see. Skipping reads records but decodes none.
+    builder: A prepared builder; default `get_builder(config)`.
+    process_index: This process's shard; default jax.process_index().
+    process_count: Number of shards; default jax.process_count().
+
+  Returns:
+    An iterator of NumPy batch dicts of config.train.batch_size / process_count examples.
+  """
+  builder = builder or get_builder(config)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  batch_size = per_process_batch_size(
+    config.train.batch_size, "config.train.batch_size", process_count
+  )
+  data = config.data
+  ds, _ = _read(builder, data.train_split, process_index, process_count, config, shuffle=True)
+  ds = ds.shuffle(data.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True).repeat()
+  ds = ds.enumerate().skip(start_step * batch_size)
+
+  def prepare(position, example):
+    # The flip of the k-th example a process reads depends only on (seed, process, k).
+    seed = tf.stack([tf.constant(config.seed, tf.int64), position * process_count + process_index])
+    flip = tf.logical_and(data.random_flip, tf.random.stateless_uniform([], seed) < 0.5)
+    example = _decode(example, builder.info.features)
+    return preprocess(example, tuple(data.image_size), data.max_instances, flip)
+
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _deterministic(ds.batch(batch_size, drop_remainder=True).prefetch(data.prefetch))
+  return _checked_batches(ds, data.max_instances)
+
+
+def _checked_batches(ds: tf.data.Dataset, max_instances: int) -> Iterator[dict]:
+  for batch in ds.as_numpy_iterator():
+    check_instance_counts(batch, max_instances)
+    yield {k: v for k, v in batch.items() if k not in _HOST_ONLY}
+
+
+class EvalDataset:
+  """The evaluation split as re-iterable NumPy batches; every example exactly once.
+
+  Each process reads its shard; all processes yield `num_batches` batches (the same number, so
+  collective eval steps line up), padding the end with examples whose `example_mask` is False
+  (zero image, semantic 255, no boxes, empty image_id).
+
+  Attributes:
+    num_examples: Examples in this process's shard.
+    num_batches: Batches per pass.
+    batch_size: Examples per (per-process) batch.
+  """
+
+  def __init__(
+    self, dataset: tf.data.Dataset, num_examples, num_batches, batch_size, max_instances
+  ):
+    self._dataset = dataset
+    self._max_instances = max_instances
+    self.num_examples = num_examples
+    self.num_batches = num_batches
+    self.batch_size = batch_size
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict]:
+    for batch in self._dataset.as_numpy_iterator():
+      check_instance_counts(batch, self._max_instances)
+      del batch["num_instances"]
+      yield batch
+
+
+def _padding_example(element_spec: dict) -> dict:
+  padding = {k: tf.zeros(s.shape, s.dtype) for k, s in element_spec.items()}
+  padding["semantic"] = tf.fill(element_spec["semantic"].shape, labels.IGNORE_LABEL)
+  padding["example_mask"] = tf.constant(False)
+  return padding
+
+
+def create_eval_dataset(
+  config: ml_collections.ConfigDict,
+  *,
+  builder: tfds.core.DatasetBuilder | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> EvalDataset:
+  """The evaluation split (config.data.eval_split), unshuffled, unflipped, padded at the end.
+
+  Args:
+    config: The experiment config.
+    builder: A prepared builder; default `get_builder(config)`.
+    process_index: This process's shard; default jax.process_index().
+    process_count: Number of shards; default jax.process_count().
+
+  Returns:
+    An EvalDataset of batches of config.eval.batch_size / process_count examples.
+  """
+  builder = builder or get_builder(config)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  batch_size = per_process_batch_size(
+    config.eval.batch_size, "config.eval.batch_size", process_count
+  )
+  data = config.data
+  ds, num_examples = _read(builder, data.eval_split, process_index, process_count, config, False)
+  largest_shard = max(
+    builder.info.splits[shard].num_examples
+    for shard in tfds.even_splits(data.eval_split, n=process_count)
+  )
+  num_batches = math.ceil(largest_shard / batch_size)
+  no_flip = tf.constant(False)
+  ds = ds.map(
+    lambda example: preprocess(
+      _decode(example, builder.info.features), tuple(data.image_size), data.max_instances, no_flip
+    ),
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
+  padding = tf.data.Dataset.from_tensors(_padding_example(ds.element_spec))
+  ds = ds.concatenate(padding.repeat(num_batches * batch_size - num_examples))
+  ds = _deterministic(ds.batch(batch_size, drop_remainder=True).prefetch(data.prefetch))
+  return EvalDataset(ds, num_examples, num_batches, batch_size, data.max_instances)
+
+
+def create_datasets(config: ml_collections.ConfigDict) -> tuple[Iterator[dict], EvalDataset]:
+  """The training iterator and the evaluation dataset of an experiment.
+
+  Args:
+    config: The experiment config (`data`, `train.batch_size`, `eval.batch_size`, `seed`).
+
+  Returns:
+    (train_iterator, eval_dataset): an infinite iterator of training batches and a
+    re-iterable EvalDataset, both yielding NumPy dicts of the batch contract.
+  """
+  builder = get_builder(config)
+  train_iterator = create_train_iterator(config, builder=builder)
+  return train_iterator, create_eval_dataset(config, builder=builder)

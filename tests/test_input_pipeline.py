@@ -1,0 +1,201 @@
+"""input_pipeline on synthetic_streets/tiny: the batch contract, flips, eval coverage, errors."""
+
+import itertools
+import re
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import default
+from segrpn_jax import input_pipeline
+
+HEIGHT, WIDTH = 48, 96  # resized from the tiny builder's 64x128
+MAX_INSTANCES = 16
+MEAN, STD = np.array(input_pipeline.IMAGENET_MEAN), np.array(input_pipeline.IMAGENET_STD)
+CONTRACT = {
+  "image": (np.float32, (HEIGHT, WIDTH, 3)),
+  "semantic": (np.int32, (HEIGHT, WIDTH)),
+  "instance_map": (np.int32, (HEIGHT, WIDTH)),
+  "crowd": (np.bool_, (HEIGHT, WIDTH)),
+  "boxes": (np.float32, (MAX_INSTANCES, 4)),
+  "classes": (np.int32, (MAX_INSTANCES,)),
+  "valid": (np.bool_, (MAX_INSTANCES,)),
+  "crowd_boxes": (np.float32, (8, 4)),
+  "crowd_valid": (np.bool_, (8,)),
+  "example_mask": (np.bool_, ()),
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("tfds"))
+  tfds.builder("synthetic_streets/tiny", data_dir=path).download_and_prepare()
+  return path
+
+
+def _config(data_dir, **overrides):
+  config = default.get_config()
+  config.data.dataset = "synthetic_streets/tiny"
+  config.data.data_dir = data_dir
+  config.data.image_size = (HEIGHT, WIDTH)
+  config.data.max_instances = MAX_INSTANCES
+  config.data.shuffle_buffer = 8
+  config.train.batch_size = 2
+  config.eval.batch_size = 6  # 4 validation examples: one batch with 2 padding examples
+  for key, value in overrides.items():  # "data__max_instances" sets config.data.max_instances
+    *sections, name = key.split("__")
+    node = config
+    for section in sections:
+      node = node[section]
+    node[name] = value
+  return config
+
+
+def _examples(batches):
+  """Splits batches into per-example dicts."""
+  for batch in batches:
+    for i in range(len(batch["image"])):
+      yield {k: v[i] for k, v in batch.items()}
+
+
+def _extent(mask_hxw):
+  rows, cols = np.nonzero(mask_hxw)
+  return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.float32)
+
+
+def _check_contract(example, with_image_id):
+  assert set(example) == set(CONTRACT) | ({"image_id"} if with_image_id else set())
+  for key, (dtype, shape) in CONTRACT.items():
+    assert example[key].dtype == dtype and example[key].shape == shape, key
+  if not example["example_mask"]:
+    return
+  pixels = example["image"] * STD + MEAN  # undo the ImageNet normalisation
+  assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+  valid, classes, boxes = example["valid"], example["classes"], example["boxes"]
+  np.testing.assert_array_equal(valid, classes > 0)
+  assert valid.sum() >= 1 and np.all(classes <= 8) and np.all(boxes[~valid] == 0)
+  assert np.all(boxes[valid, 0] >= 0) and np.all(boxes[valid, 2] <= WIDTH)
+  assert np.all(boxes[valid, 1] >= 0) and np.all(boxes[valid, 3] <= HEIGHT)
+  assert example["instance_map"].max() <= valid.sum()
+  for k in range(1, valid.sum() + 1):
+    mask = example["instance_map"] == k
+    if mask.any():  # nearest resizing may drop a tiny instance from the map, never its box
+      x1, y1, x2, y2 = _extent(mask)
+      bx1, by1, bx2, by2 = boxes[k - 1]
+      # The mask, resized with nearest, stays inside its scaled box up to one pixel.
+      assert bx1 - 1 <= x1 and by1 - 1 <= y1 and x2 <= bx2 + 1 and y2 <= by2 + 1
+      assert np.all(example["semantic"][mask] == classes[k - 1] + 10)
+  for c in range(8):  # crowd boxes: the extent of the class's crowd pixels
+    crowd_c = example["crowd"] & (example["semantic"] == c + 11)
+    assert example["crowd_valid"][c] == crowd_c.any()
+    want = _extent(crowd_c) if crowd_c.any() else np.zeros(4, np.float32)
+    np.testing.assert_array_equal(example["crowd_boxes"][c], want)
+
+
+def test_train_batches_follow_the_contract_and_flip_consistently(data_dir):
+  config = _config(data_dir)
+  train = input_pipeline.create_train_iterator(config)
+  examples = list(_examples(itertools.islice(train, 8)))  # 16 examples: two epochs of 8
+  for example in examples:
+    _check_contract(example, with_image_id=False)
+  assert any(e["crowd_valid"].any() for e in examples)
+  # The same split without flips, keyed by the image itself: every training example is one of
+  # them or its exact mirror, with maps and boxes mirrored alike.
+  plain = input_pipeline.create_eval_dataset(_config(data_dir, data__eval_split="train"))
+  plain = [e for e in _examples(plain) if e["example_mask"]]
+  assert len(plain) == 8
+  flips = []
+  for example in examples:
+    matches = [
+      (p, flip)
+      for p in plain
+      for flip in (False, True)
+      if np.array_equal(example["image"], p["image"][:, ::-1] if flip else p["image"])
+    ]
+    assert len(matches) == 1
+    source, flip = matches[0]
+    flips.append(flip)
+    mirror = (lambda a: a[:, ::-1]) if flip else (lambda a: a)
+    for key in ("semantic", "instance_map", "crowd"):
+      np.testing.assert_array_equal(example[key], mirror(source[key]))
+    boxes = source["boxes"].copy()
+    if flip:
+      boxes[:, [0, 2]] = np.where(source["valid"][:, None], WIDTH - boxes[:, [2, 0]], 0)
+    np.testing.assert_allclose(example["boxes"], boxes, atol=1e-4)
+    np.testing.assert_array_equal(example["classes"], source["classes"])
+    np.testing.assert_array_equal(example["crowd_valid"], source["crowd_valid"])
+  assert 0 < sum(flips) < len(flips)  # both flipped and unflipped examples were seen
+
+
+def test_eval_yields_every_example_once_and_pads_the_last_batch(data_dir):
+  ev = input_pipeline.create_eval_dataset(_config(data_dir))
+  assert (len(ev), ev.num_examples, ev.batch_size) == (1, 4, 6)
+  first, second = list(ev), list(ev)  # re-iterable, same batches each pass
+  assert len(first) == 1
+  np.testing.assert_array_equal(first[0]["image"], second[0]["image"])
+  batch = first[0]
+  np.testing.assert_array_equal(batch["example_mask"], [True] * 4 + [False] * 2)
+  ids = [i.decode() for i in batch["image_id"][:4]]
+  assert sorted(ids) == [f"synthetic_validation_{i:05d}" for i in range(4)]
+  for example in _examples(first):
+    _check_contract(example, with_image_id=True)
+  assert np.all(batch["semantic"][4:] == 255) and not batch["valid"][4:].any()
+  assert not batch["crowd_valid"][4:].any() and np.all(batch["image"][4:] == 0)
+
+
+def test_eval_shards_of_two_processes_cover_the_split_once(data_dir):
+  config = _config(data_dir)
+  ids = []
+  for process_index in range(2):
+    ev = input_pipeline.create_eval_dataset(config, process_index=process_index, process_count=2)
+    batches = list(ev)
+    assert len(batches) == ev.num_batches == 1 and batches[0]["image"].shape[0] == 3
+    mask = batches[0]["example_mask"]
+    assert mask.sum() == ev.num_examples == 2
+    ids += [i.decode() for i in batches[0]["image_id"][mask]]
+  assert sorted(ids) == [f"synthetic_validation_{i:05d}" for i in range(4)]
+
+
+def test_train_order_is_deterministic_by_seed_and_resumable(data_dir):
+  config = _config(data_dir)
+  first = list(itertools.islice(input_pipeline.create_train_iterator(config), 3))
+  again = list(itertools.islice(input_pipeline.create_train_iterator(config), 3))
+  resumed = next(input_pipeline.create_train_iterator(config, start_step=2))
+  for a, b in zip(first, again, strict=True):
+    for key in CONTRACT:
+      np.testing.assert_array_equal(a[key], b[key])
+  for key in CONTRACT:
+    np.testing.assert_array_equal(resumed[key], first[2][key])
+  other = next(input_pipeline.create_train_iterator(_config(data_dir, seed=1)))
+  assert not np.array_equal(other["image"], first[0]["image"])
+
+
+def test_too_many_instances_is_an_error_naming_the_image(data_dir):
+  config = _config(data_dir, data__max_instances=1)
+  pattern = r"image synthetic_validation_\d{5} has \d+ instances.*config\.data\.max_instances=1"
+  with pytest.raises(ValueError, match=pattern):
+    list(input_pipeline.create_eval_dataset(config))
+  with pytest.raises(ValueError, match=r"synthetic_train_\d{5}.*config\.data\.max_instances"):
+    next(input_pipeline.create_train_iterator(config))
+
+
+def test_batch_that_does_not_divide_over_devices_is_an_error(data_dir):
+  with pytest.raises(ValueError, match=re.escape("config.train.batch_size=3")):
+    input_pipeline.create_train_iterator(_config(data_dir, train__batch_size=3))
+  with pytest.raises(ValueError, match=re.escape("config.eval.batch_size=5")):
+    input_pipeline.check_inputs(_config(data_dir, eval__batch_size=5))
+
+
+def test_unprepared_cityscapes_needs_the_manual_dir(tmp_path):
+  config = _config(str(tmp_path), data__dataset="cityscapes_instances", data__manual_dir=None)
+  files = "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip"
+  with pytest.raises(ValueError, match=f"config.data.manual_dir is not set.*{files}"):
+    input_pipeline.create_datasets(config)
+  config.data.manual_dir = str(tmp_path)  # exists, but holds no release
+  with pytest.raises(
+    FileNotFoundError, match=r"config\.data\.manual_dir=.*leftImg8bit_trainvaltest"
+  ):
+    input_pipeline.check_inputs(config)
+  with pytest.raises(ValueError, match=re.escape("config.data.dataset='no_such_dataset'")):
+    input_pipeline.check_inputs(_config(str(tmp_path), data__dataset="no_such_dataset"))
