@@ -199,6 +199,11 @@ def test_gradient_is_the_adjoint():
   np.testing.assert_allclose(lhs, rhs, rtol=1e-4)
 
 
+def test_no_boxes_gives_empty_output():
+  # R = 0 is a valid static shape: [0, S, S, C], not a reshape error.
+  assert roi_align(jnp.ones((4, 4, 2)), jnp.zeros((0, 4)), 3, 1.0).shape == (0, 3, 3, 2)
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match="sampling_ratio"):
     roi_align(jnp.zeros((4, 4, 1)), jnp.zeros((1, 4)), 2, 1.0, sampling_ratio=0)

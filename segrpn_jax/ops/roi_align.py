@@ -51,7 +51,8 @@ def _axis_samples(start_r, bin_size_r, size_r, output_size, sampling_ratio):
   index = jnp.clip(jnp.stack([low, high], axis=-1), 0, size[..., None] - 1)
   weight = jnp.where(inside[..., None], jnp.stack([1.0 - frac, frac], axis=-1), 0.0)
   r = start_r.shape[0]
-  return index.reshape(r, output_size, -1), weight.reshape(r, output_size, -1)
+  k = 2 * sampling_ratio  # explicit: -1 cannot be inferred when there are no boxes
+  return index.reshape(r, output_size, k), weight.reshape(r, output_size, k)
 
 
 def _pool(
