@@ -145,25 +145,27 @@ def per_process_batch_size(global_batch_size: int, key: str, process_count: int)
 
 def _crowd_boxes(crowd_hxw: tf.Tensor, semantic_hxw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   """Per thing class, the pixel extent [x1, y1, x2, y2] of its crowd pixels and whether any."""
-  height, width = crowd_hxw.shape
   num = labels.NUM_THING_CLASSES
+  # Crowd pixels are few: reduce over their coordinates rather than over [H, W, 8] masks.
+  rows_cols = tf.cast(tf.where(crowd_hxw), tf.int32)  # [M, 2]
+  thing = tf.gather_nd(semantic_hxw, rows_cols) - labels.THING_TRAIN_ID_OFFSET - 1
+  keep = (thing >= 0) & (thing < num)
+  rows_cols, thing = tf.boolean_mask(rows_cols, keep), tf.boolean_mask(thing, keep)
+  low = tf.math.unsorted_segment_min(rows_cols, thing, num)  # [8, 2]; empty: int32 max
+  high = tf.math.unsorted_segment_max(rows_cols, thing, num) + 1
+  valid = tf.math.unsorted_segment_sum(tf.ones_like(thing), thing, num) > 0
+  boxes = tf.cast(tf.stack([low[:, 1], low[:, 0], high[:, 1], high[:, 0]], axis=1), tf.float32)
+  return tf.where(valid[:, None], boxes, 0.0), valid
 
-  def extents():
-    thing = tf.where(crowd_hxw, semantic_hxw - labels.THING_TRAIN_ID_OFFSET - 1, -1)
-    onehot_hxwxc = tf.equal(thing[..., None], tf.range(num))
-    rows_hxc = tf.cast(tf.reduce_any(onehot_hxwxc, axis=1), tf.int32)
-    cols_wxc = tf.cast(tf.reduce_any(onehot_hxwxc, axis=0), tf.int32)
-    y1 = tf.argmax(rows_hxc, axis=0, output_type=tf.int32)
-    y2 = height - tf.argmax(rows_hxc[::-1], axis=0, output_type=tf.int32)
-    x1 = tf.argmax(cols_wxc, axis=0, output_type=tf.int32)
-    x2 = width - tf.argmax(cols_wxc[::-1], axis=0, output_type=tf.int32)
-    valid = tf.reduce_any(rows_hxc > 0, axis=0)
-    boxes = tf.cast(tf.stack([x1, y1, x2, y2], axis=1), tf.float32)
-    return tf.where(valid[:, None], boxes, 0.0), valid
 
-  # Most images have no crowd pixels: skip the [H, W, 8] comparison for them.
+def _resize(image_hxwxc: tf.Tensor, image_size, method: str) -> tf.Tensor:
+  """tf.image.resize, skipped when the image already has the size (stored at that size)."""
+  same = tf.reduce_all(tf.shape(image_hxwxc)[:2] == tf.constant(image_size))
+  dtype = tf.float32 if method == "bilinear" else image_hxwxc.dtype
   return tf.cond(
-    tf.reduce_any(crowd_hxw), extents, lambda: (tf.zeros((num, 4)), tf.zeros((num,), tf.bool))
+    same,
+    lambda: tf.cast(image_hxwxc, dtype),
+    lambda: tf.cast(tf.image.resize(image_hxwxc, image_size, method=method), dtype),
   )
 
 
@@ -183,10 +185,10 @@ def preprocess(
     `num_instances` so the host can fail on them.
   """
   height, width = image_size
-  image = tf.image.resize(tf.cast(example["image"], tf.float32), image_size, method="bilinear")
+  image = _resize(tf.cast(example["image"], tf.float32), image_size, "bilinear")
 
   def nearest(map_hxw, dtype):
-    return tf.image.resize(tf.cast(map_hxw, dtype)[..., None], image_size, method="nearest")[..., 0]
+    return _resize(tf.cast(map_hxw, dtype)[..., None], image_size, "nearest")[..., 0]
 
   semantic = nearest(example["semantic"][..., 0], tf.int32)
   instance_map = nearest(example["instance_map"], tf.int32)
@@ -199,7 +201,9 @@ def preprocess(
   def mirror():
     x1, y1, x2, y2 = tf.unstack(boxes, num=4, axis=1)
     flipped_boxes = tf.stack([width - x2, y1, width - x1, y2], axis=1)
-    return image[:, ::-1], semantic[:, ::-1], instance_map[:, ::-1], crowd[:, ::-1], flipped_boxes
+    # tf.reverse: a negative-stride slice of a large image is several times slower.
+    maps = [tf.reverse(m, axis=[1]) for m in (image, semantic, instance_map, crowd)]
+    return (*maps, flipped_boxes)
 
   image, semantic, instance_map, crowd, boxes = tf.cond(
     flip, mirror, lambda: (image, semantic, instance_map, crowd, boxes)
