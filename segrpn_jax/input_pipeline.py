@@ -13,7 +13,6 @@ N = config.data.max_instances. An image with more instances is an error, never t
 """
 
 import math
-import os
 from collections.abc import Iterator
 
 import jax
@@ -48,29 +47,19 @@ def _check_manual_dir(config: ml_collections.ConfigDict, builder) -> None:
   """For an unbuilt Cityscapes, fails unless config.data.manual_dir holds the release."""
   if builder.name != "cityscapes_instances" or builder.is_prepared():
     return
-  needed = (
-    f"{cityscapes_instances.IMAGE_ZIP} and {cityscapes_instances.LABEL_ZIP} (or their "
-    "extracted folders leftImg8bit/ and gtFine/)"
-  )
   manual_dir = config.data.manual_dir
   if not manual_dir:
     raise ValueError(
       f"{config.data.dataset} is not prepared in {builder.data_dir} and config.data.manual_dir "
-      f"is not set: point config.data.manual_dir at a folder holding {needed}.\n"
+      f"is not set: point config.data.manual_dir at a folder holding "
+      f"{cityscapes_instances.IMAGE_ZIP} and {cityscapes_instances.LABEL_ZIP} (or their "
+      "extracted folders leftImg8bit/ and gtFine/).\n"
       + cityscapes_instances.MANUAL_DOWNLOAD_INSTRUCTIONS
     )
-  for folder, zip_name in (
-    ("leftImg8bit", cityscapes_instances.IMAGE_ZIP),
-    ("gtFine", cityscapes_instances.LABEL_ZIP),
-  ):
-    if not (
-      os.path.isdir(os.path.join(manual_dir, folder))
-      or os.path.isfile(os.path.join(manual_dir, zip_name))
-    ):
-      raise FileNotFoundError(
-        f"config.data.manual_dir={manual_dir!r} holds neither {zip_name} nor {folder}/; it "
-        f"needs {needed}.\n" + cityscapes_instances.MANUAL_DOWNLOAD_INSTRUCTIONS
-      )
+  try:
+    cityscapes_instances.open_release(manual_dir)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"config.data.manual_dir={manual_dir!r}: {e}") from e
 
 
 def check_inputs(config: ml_collections.ConfigDict) -> None:

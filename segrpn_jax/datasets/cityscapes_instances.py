@@ -113,6 +113,22 @@ class ReleasePart:
       raise ValueError(f"cityscapes_instances: cannot read {self.describe(name)} ({e})") from e
 
 
+def open_release(manual_dir: epath.PathLike) -> tuple[ReleasePart, ReleasePart]:
+  """The images and the annotations of the release in `manual_dir`.
+
+  Args:
+    manual_dir: The manual download folder.
+
+  Returns:
+    (images, annotations): the leftImg8bit and gtFine parts, each a folder or the zip.
+
+  Raises:
+    FileNotFoundError: naming the folder and the zip of a part that is missing.
+  """
+  images = ReleasePart(manual_dir, "leftImg8bit", IMAGE_ZIP)
+  return images, ReleasePart(manual_dir, "gtFine", LABEL_ZIP)
+
+
 def _decode_png(data: bytes, where: str) -> np.ndarray:
   try:
     with Image.open(io.BytesIO(data)) as image:
@@ -191,8 +207,7 @@ class CityscapesInstances(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    images = ReleasePart(dl_manager.manual_dir, "leftImg8bit", IMAGE_ZIP)
-    annotations = ReleasePart(dl_manager.manual_dir, "gtFine", LABEL_ZIP)
+    images, annotations = open_release(dl_manager.manual_dir)
     return {
       split: self._generate_examples(images, annotations, folder)
       for split, folder in SPLIT_FOLDERS.items()

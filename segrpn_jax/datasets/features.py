@@ -89,7 +89,14 @@ def instance_extents(
 
 
 def encode_png(image: np.ndarray) -> bytes:
-  """PNG bytes of a uint8 image [H, W] or [H, W, C] (PIL; faster than tfds' TF-graph encoder)."""
+  """Encodes with PIL, which is faster than tfds' TF-graph encoder.
+
+  Args:
+    image: uint8 [H, W] or [H, W, C].
+
+  Returns:
+    The PNG bytes, which tfds stores as they are.
+  """
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, format="PNG")
   return buffer.getvalue()

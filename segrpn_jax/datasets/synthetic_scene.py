@@ -24,7 +24,7 @@ import itertools
 
 import numpy as np
 
-from segrpn_jax.datasets import features, labels
+from segrpn_jax.datasets import labels
 
 # Base RGB of each thing class (index = thing label 0..7), far from the stuff colours and
 # from each other in hue.
@@ -377,10 +377,3 @@ def generate_scene(rng: np.random.Generator, height: int, width: int) -> dict:
     "labels": np.array([thing for thing, _, _ in placed[::-1]], np.int64),
     "crowd": canvas.crowd,
   }
-
-
-def scene_example(image_id: str, scene: dict) -> dict:
-  """Converts a `generate_scene` result into an example of the shared features."""
-  return features.make_example(
-    image_id, scene["image"], scene["semantic"], scene["index_map"], scene["labels"], scene["crowd"]
-  )
