@@ -6,10 +6,12 @@ SegRPN has two instances: RPN_det on P2..P6 and RPN_mask on the class-agnostic f
 
 Fused anchor scoring: the 3x3 conv must run per level (the maps differ in size), but everything
 after it is position-wise, so every level's [B, H_l, W_l, C] map is flattened and concatenated to
-[B, sum_l H_l W_l, C] and the 1x1 convs (as one Dense), the fusions and the per-level top-k
-selection each run once on the concatenation. Only the selected anchors are decoded
-(ops.proposals). The flattened order is level-major, then (y, x, anchor): exactly the order of
-the concatenated `ops.anchors.generate_anchors` arrays.
+[B, sum_l H_l W_l, C], and the 1x1 convs (as one Dense) and the fusions run once on the
+concatenation for all levels and images. The per-level pre-NMS top-k
+(ops.proposals.select_topk_per_level, inside generate_proposals) then reads static slices of the
+fused [B, N] logits, vmapped over images, and only the selected anchors are decoded. The
+flattened order is level-major, then (y, x, anchor): exactly the order of the concatenated
+`ops.anchors.generate_anchors` arrays.
 
 The fusions (DESIGN.md, "Two fusions"):
   rpn:     F_det <- F_det + F_det * F_mask, before RPN_det's 1x1 convs (feature fusion);
@@ -105,19 +107,6 @@ class RPNHead(nn.Module):
     deltas = self.deltas(features_bxnxc).reshape(b, n * self.num_anchors, 4)
     return logits, deltas
 
-  def __call__(self, levels: Sequence[jnp.ndarray]):
-    """Features and predictions of every level (used for initialisation and inspection).
-
-    Args:
-      levels: [B, H_l, W_l, C_in] input maps.
-
-    Returns:
-      (features list, logits [B, N*A], deltas [B, N*A, 4]) over the flattened levels.
-    """
-    feats = self.features(levels)
-    logits, deltas = self.predict(flatten_levels(feats))
-    return feats, logits, deltas
-
 
 def flatten_levels(maps: Sequence[jnp.ndarray]) -> jnp.ndarray:
   """Concatenates [B, H_l, W_l, C] maps into [B, sum_l H_l W_l, C] (level-major, then y, x).
@@ -192,19 +181,6 @@ def fused_scoring(
   return out
 
 
-def level_sizes(feature_maps: Sequence[jnp.ndarray], num_anchors: int) -> list[int]:
-  """Number of anchors of each level: H_l * W_l * A.
-
-  Args:
-    feature_maps: [B, H_l, W_l, C] maps.
-    num_anchors: A.
-
-  Returns:
-    list of static ints.
-  """
-  return [int(m.shape[1] * m.shape[2] * num_anchors) for m in feature_maps]
-
-
 def propose(
   logits_bxn: jnp.ndarray,
   deltas_bxnx4: jnp.ndarray,
@@ -239,13 +215,11 @@ def propose(
       f"{logits_bxn.shape[1]} anchor scores but {sum(sizes)} anchors: the feature maps do not "
       f"match config.data.image_size = {tuple(image_size)}."
     )
-  logits_f32 = logits_bxn.astype(jnp.float32)
-  deltas_f32 = deltas_bxnx4.astype(jnp.float32)
+  logits_by_level = split_levels(logits_bxn.astype(jnp.float32), sizes)
+  deltas_by_level = split_levels(deltas_bxnx4.astype(jnp.float32), sizes)
   anchors = [jnp.asarray(a) for a in anchors_by_level]
 
-  def one_image(logits_n, deltas_nx4):
-    logits_l = jnp.split(logits_n, np.cumsum(sizes)[:-1].tolist())
-    deltas_l = jnp.split(deltas_nx4, np.cumsum(sizes)[:-1].tolist())
+  def one_image(logits_l, deltas_l):
     return proposals_ops.generate_proposals(
       logits_l,
       deltas_l,
@@ -258,5 +232,5 @@ def propose(
       box_weights=tuple(box_weights),
     )
 
-  boxes, logits, valid = jax.vmap(one_image)(logits_f32, deltas_f32)
+  boxes, logits, valid = jax.vmap(one_image)(logits_by_level, deltas_by_level)
   return {"boxes": boxes, "logits": logits, "scores": jax.nn.sigmoid(logits), "valid": valid}
