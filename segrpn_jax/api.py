@@ -188,3 +188,33 @@ def rpn_maps(model: SegRPN, variables: dict, images: jax.Array) -> dict:
 # Written together with the training code (segrpn_jax/train.py, segrpn_jax/checkpointing.py);
 # it belongs here, below this line.
 # --------------------------------------------------------------------------------------------
+
+
+def load(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, SegRPN, dict]:
+  """A training run's config, model and variables, from `workdir` (config.json + checkpoints).
+
+  Args:
+    workdir: the folder a `train.train_and_evaluate` run wrote.
+    step: a checkpoint step; None = the latest.
+
+  Returns:
+    (config, model, variables), ready for `predict(model, variables, images)`.
+  """
+  config, model, variables, _ = load_checkpoint(workdir, step=step)
+  return config, model, variables
+
+
+def load_checkpoint(
+  workdir: str, config: ml_collections.ConfigDict | None = None, step: int | None = None
+) -> tuple[ml_collections.ConfigDict, SegRPN, dict, int]:
+  """Like `load`, with the config optionally given and the restored step returned as well."""
+  from segrpn_jax import checkpointing, parallel, train  # here: train imports this module
+
+  config = checkpointing.load_config(workdir) if config is None else config
+  manager = checkpointing.create_manager(workdir, config)
+  state, step = train.restore_state(config, manager, parallel.make_mesh(), step)
+  if state is None:
+    raise FileNotFoundError(
+      f"no checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first (--mode=train)."
+    )
+  return config, create_model(config), state.variables(), step

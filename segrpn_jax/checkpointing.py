@@ -74,14 +74,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a training run?")
   with open(path) as f:
-    return _tuples(ml_collections.ConfigDict(json.load(f)))
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
 
 
-def _tuples(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def _tuples(tree):
   """JSON turns tuples into lists; the config's sequences are tuples (hashable, static)."""
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      _tuples(value)
-    elif isinstance(value, list):
-      config[key] = tuple(value)
-  return config
+  if isinstance(tree, dict):
+    return {key: _tuples(value) for key, value in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(value) for value in tree)
+  return tree

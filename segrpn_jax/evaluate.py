@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from segrpn_jax import api, input_pipeline, metrics, summaries
+from segrpn_jax import api, input_pipeline, metrics, parallel, summaries
 
 THING_TRAIN_IDS = tuple(range(11, 19))  # person .. bicycle: the foreground of mIoU*
 
@@ -41,12 +41,15 @@ def eval_step(model, variables, batch, fusion, num_classes):
   """
   out = api.predict(model, variables, batch["image"], fusion=fusion)
   mask = batch["example_mask"]
-  semantic_cm = metrics.confusion_matrix_update(
-    out["semantic_labels"], batch["semantic"], num_classes, mask=mask
-  )
-  fg_pred = (out["foreground_prob"] > 0.5).astype(jnp.int32)
-  fg_gt = foreground_labels(batch["semantic"], batch["crowd"])
-  fg_cm = metrics.confusion_matrix_update(fg_pred, fg_gt, 2, mask=mask)
+  semantic_cm = fg_cm = None  # plain Faster R-CNN (semantic_head False) has neither map
+  if "semantic_labels" in out:
+    semantic_cm = metrics.confusion_matrix_update(
+      out["semantic_labels"], batch["semantic"], num_classes, mask=mask
+    )
+  if "foreground_prob" in out:
+    fg_pred = (out["foreground_prob"] > 0.5).astype(jnp.int32)
+    fg_gt = foreground_labels(batch["semantic"], batch["crowd"])
+    fg_cm = metrics.confusion_matrix_update(fg_pred, fg_gt, 2, mask=mask)
   return out, semantic_cm, fg_cm
 
 
@@ -108,22 +111,32 @@ def evaluate_variables(
   )
   foreground = metrics.ConfusionMatrix(2, class_names=metrics.BINARY_CLASSES)
   images = []
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.eval.batch_size, "config.eval.batch_size", mesh)
+  sharding = parallel.data_sharding(mesh)
   for batch in eval_data:
-    device_batch = {k: batch[k] for k in input_pipeline.EVAL_DEVICE_KEYS}
+    device_batch = parallel.shard_batch(batch, sharding, input_pipeline.EVAL_DEVICE_KEYS)
+    # Every process scores the whole global batch, so the host metrics see every image.
+    batch = parallel.gather_host({k: v for k, v in batch.items() if k != "image_id"})
     for f in fusions:
       out, semantic_cm, fg_cm = eval_step(
         model, variables, device_batch, f, config.model.num_semantic_classes
       )
-      out = jax.device_get(out)
+      out, semantic_cm, fg_cm = parallel.to_host((out, semantic_cm, fg_cm))
       detection[f].add(out, batch)
       if f == fusion:  # the segmentation outputs do not depend on the RPN fusion
-        semantic.add_matrix(np.asarray(semantic_cm))
-        foreground.add_matrix(np.asarray(fg_cm))
+        if semantic_cm is not None:
+          semantic.add_matrix(np.asarray(semantic_cm))
+        if fg_cm is not None:
+          foreground.add_matrix(np.asarray(fg_cm))
         if len(images) < config.eval.num_image_summaries:
           images += _summary_images(out, batch)[: config.eval.num_image_summaries - len(images)]
 
-  results = {**detection[fusion].result(), **semantic.result()}
-  results["mIoU*"] = foreground.result()["mIoU"]
+  results = detection[fusion].result()
+  if config.model.semantic_head:
+    results.update(semantic.result())
+  if foreground.matrix.any():
+    results["mIoU*"] = foreground.result()["mIoU"]
   for f in fusions[1:]:
     results.update({f"without_fusion/{k}": v for k, v in detection[f].result().items()})
   results = {k: float(v) for k, v in results.items()}
@@ -145,8 +158,9 @@ def _summary_images(out: dict, batch: dict) -> list[np.ndarray]:
   for i in np.flatnonzero(batch["example_mask"]):
     rgb = summaries.denormalize(batch["image"][i])
     boxes = summaries.draw_boxes(rgb, det["boxes"][i], det["classes"][i], det["valid"][i])
-    overlay = summaries.semantic_overlay(rgb, out["semantic_labels"][i])
-    pictures.append(np.concatenate([boxes, overlay], axis=1))
+    if "semantic_labels" in out:
+      boxes = np.concatenate([boxes, summaries.semantic_overlay(rgb, out["semantic_labels"][i])], 1)
+    pictures.append(boxes)
   return pictures
 
 

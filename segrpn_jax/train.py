@@ -19,10 +19,9 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from segrpn_jax import api, checkpointing, evaluate, input_pipeline, losses, optim
+from segrpn_jax import api, checkpointing, evaluate, input_pipeline, losses, optim, parallel
 from segrpn_jax.models import resnet
 
 # Keys of a batch that the jitted step consumes; host-only keys (image_id) stay outside.
@@ -50,11 +49,6 @@ class TrainState:
 
   def variables(self) -> dict:
     return {"params": self.params, **self.extra}
-
-
-def make_mesh() -> Mesh:
-  """A one-axis ('data',) mesh over every device of every process."""
-  return Mesh(np.asarray(jax.devices()), ("data",))
 
 
 def frozen_prefixes(config: ml_collections.ConfigDict) -> list[tuple[str, ...]]:
@@ -131,15 +125,6 @@ def train_step(state: TrainState, batch: dict, *, model, config) -> tuple[TrainS
   return new_state, metrics
 
 
-def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
-  """Per-process NumPy batch -> global jax.Arrays sharded along the leading axis."""
-  return {
-    k: jax.make_array_from_process_local_data(sharding, np.asarray(batch[k]))
-    for k in BATCH_KEYS
-    if k in batch
-  }
-
-
 def check_files(config: ml_collections.ConfigDict) -> None:
   """Fails fast, naming the config key, when the configured inputs are not on disk."""
   pretrained = config.model.pretrained
@@ -150,6 +135,25 @@ def check_files(config: ml_collections.ConfigDict) -> None:
       "config.model.pretrained at the file, or set it to '' to train from scratch."
     )
   input_pipeline.check_inputs(config)
+
+
+def restore_state(
+  config: ml_collections.ConfigDict, manager, mesh: Mesh, step: int | None = None
+) -> tuple[TrainState | None, int | None]:
+  """Restores the checkpoint of `step` (None: the latest), replicated over `mesh`.
+
+  Returns:
+    (state, step), or (None, None) when the run has no checkpoint yet.
+  """
+  replicated = parallel.replicated(mesh)
+  # Shapes only: the pretrained weights (same shapes) need not be read, nor even be present.
+  shapes_config = ml_collections.ConfigDict(config.to_dict())
+  shapes_config.model.pretrained = ""
+  abstract = jax.eval_shape(functools.partial(init_state, shapes_config), jax.random.PRNGKey(0))
+  abstract = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract
+  )
+  return checkpointing.restore(manager, abstract, step)
 
 
 class _NonFinite(FloatingPointError):
@@ -183,32 +187,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_files(config)
   checkpointing.save_config(workdir, config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  mesh = make_mesh()
-  replicated = NamedSharding(mesh, P())
-  data_sharding = NamedSharding(mesh, P("data"))
-  if config.train.batch_size % mesh.size:
-    raise ValueError(
-      f"config.train.batch_size = {config.train.batch_size} must be a multiple of the "
-      f"{mesh.size} devices."
-    )
+  mesh = parallel.make_mesh()
+  replicated = parallel.replicated(mesh)
+  data_sharding = parallel.data_sharding(mesh)
+  parallel.check_batch_size(config.train.batch_size, "config.train.batch_size", mesh)
   logging.info("Devices: %s", jax.devices())
 
   model = api.create_model(config)
-  init_fn = functools.partial(init_state, config)
-  rng = jax.random.key(config.seed)
-  abstract_state = jax.eval_shape(init_fn, rng)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
   manager = checkpointing.create_manager(workdir, config)
-  abstract_with_sharding = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sharding
-  )
-  state, step = checkpointing.restore(manager, abstract_with_sharding)
+  state, step = restore_state(config, manager, mesh)
   if state is None:
-    state = jax.jit(init_fn, out_shardings=state_sharding)(rng)
+    # Eager: init_variables jits the model init itself and merges pretrained weights on the host
+    # (inside one jit they would become constants of the compiled program).
+    state = jax.device_put(init_state(config, jax.random.PRNGKey(config.seed)), replicated)
     step = 0
     writer.write_hparams(_flat_hparams(config))
   else:
     logging.info("Resumed from the checkpoint of step %d.", step)
+  state_sharding = jax.tree.map(lambda _: replicated, state)
 
   p_train_step = jax.jit(
     functools.partial(train_step, model=model, config=config),
@@ -228,35 +224,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   history: list[dict] = []
   pending = None  # (step, metrics) of the last dispatched step, read after the next dispatch
   results: dict = {}
-  with metric_writers.ensure_flushes(writer):
-    while step < num_steps:
-      step += 1
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        batch = shard_batch(next(train_iter), data_sharding)
-        state, metrics = p_train_step(state, batch)
-      if pending is not None:  # read the previous step's metrics while this one runs
-        history.append(jax.device_get(pending[1]))
-        _check_finite(history[-1], pending[0])
-      pending = (step, metrics)
-      for hook in hooks:
-        hook(step)
-      last = step == num_steps
-      log_now = step % config.train.log_every_steps == 0 or last
-      # A checkpoint is only written after its step's loss has been seen to be finite.
-      if log_now or step % config.train.checkpoint_every_steps == 0:
-        history.append(jax.device_get(metrics))
-        _check_finite(history[-1], step)
-        pending = None
-        if log_now:
-          writer.write_scalars(step, {f"train/{k}": v for k, v in _mean_metrics(history).items()})
-          history = []
-      checkpointing.save(manager, step, state, force=last)
-      if step % config.train.eval_every_steps == 0 or last:
-        with report.timed("eval"):
-          results = evaluate.evaluate_variables(
-            config, model, state.variables(), eval_data, step=step, workdir=workdir, writer=writer
-          )
-  manager.wait_until_finished()
+  try:
+    with metric_writers.ensure_flushes(writer):
+      while step < num_steps:
+        step += 1
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          batch = parallel.shard_batch(next(train_iter), data_sharding, BATCH_KEYS)
+          state, metrics = p_train_step(state, batch)
+        if pending is not None:  # read the previous step's metrics while this one runs
+          history.append(jax.device_get(pending[1]))
+          _check_finite(history[-1], pending[0])
+        pending = (step, metrics)
+        for hook in hooks:
+          hook(step)
+        last = step == num_steps
+        log_now = step % config.train.log_every_steps == 0 or last
+        # A checkpoint is only written after its step's loss has been seen to be finite.
+        if log_now or last or manager.should_save(step):
+          history.append(jax.device_get(metrics))
+          _check_finite(history[-1], step)
+          pending = None
+          if log_now:
+            writer.write_scalars(step, {f"train/{k}": v for k, v in _mean_metrics(history).items()})
+            history = []
+        checkpointing.save(manager, step, state, force=last)
+        if step % config.train.eval_every_steps == 0 or last:
+          with report.timed("eval"):
+            results = evaluate.evaluate_variables(
+              config, model, state.variables(), eval_data, step=step, workdir=workdir, writer=writer
+            )
+  finally:
+    manager.wait_until_finished()  # the last save lands even when training stops on an error
   return results
 
 

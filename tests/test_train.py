@@ -1,0 +1,164 @@
+"""The main job on a tiny synthetic config: a 2-step train_and_evaluate, --mode=eval on its
+workdir, resuming after a crash, 1 vs 2 devices, and the non-finite loss guard."""
+
+import functools
+import glob
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from jax.sharding import Mesh
+
+from segrpn_jax import api, checkpointing, evaluate, input_pipeline, main, parallel, train
+from tests.train_config import tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+  """A 2-step run: checkpoints every step, logs every step, evaluates at the end."""
+  config = tiny_train_config(data_dir)
+  workdir = str(tmp_path_factory.mktemp("run"))
+  results = train.train_and_evaluate(config, workdir)
+  return config, workdir, results
+
+
+def _assert_same_metrics(a: dict, b: dict):
+  assert a.keys() == b.keys()
+  for key in a:
+    assert (math.isnan(a[key]) and math.isnan(b[key])) or a[key] == pytest.approx(b[key]), key
+
+
+def _scalars(workdir: str) -> dict[str, dict[int, float]]:
+  """Every scalar summary of a run's TensorBoard event files: tag -> step -> value."""
+  out: dict = {}
+  for path in glob.glob(f"{workdir}/events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name in ("scalars", ""):
+          tensor = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
+          out.setdefault(value.tag, {})[event.step] = float(np.asarray(tensor))
+  return out
+
+
+def test_two_steps_write_checkpoints_metrics_and_summaries(trained):
+  config, workdir, results = trained
+  manager = checkpointing.create_manager(workdir, config)
+  assert sorted(manager.all_steps()) == [1, 2]
+  with open(f"{workdir}/metrics_2.json") as f:
+    _assert_same_metrics(json.load(f), results)
+  for key in ("mAP50", "AP50/car", "AR@64", "mIoU", "IoU/road", "pixel_accuracy", "mIoU*"):
+    assert 0.0 <= results[key] <= 1.0, key
+    assert key == "mIoU*" or f"without_fusion/{key}" in results or key not in ("mAP50", "AR@64")
+  scalars = _scalars(workdir)
+  for part in ("loss", "rpn_det/objectness", "rpn_mask/box", "roi/cls", "semantic",
+               "class_agnostic", "fg_roi_fraction", "grad_norm"):  # fmt: skip
+    assert set(scalars[f"train/{part}"]) == {1, 2}, part
+    assert all(math.isfinite(v) for v in scalars[f"train/{part}"].values()), part
+  # The learning rate logged with step s is the one step s used: schedule(s - 1).
+  assert scalars["train/learning_rate"][1] == pytest.approx(config.train.warmup_start_lr)
+  assert scalars["train/learning_rate"][2] == pytest.approx(config.train.base_lr)
+  assert 0.0 <= scalars["train/fg_roi_fraction"][2] <= 1.0
+  assert scalars["eval/mAP50"][2] == pytest.approx(results["mAP50"])
+
+
+def test_eval_mode_on_the_trained_workdir(trained, data_dir, tmp_path):
+  config, workdir, results = trained
+  argv = ["main", f"--config=tests/train_config.py:{data_dir}", f"--workdir={workdir}",
+          "--mode=eval"]  # fmt: skip
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(argv)
+  try:
+    main.main(argv[:1])
+  finally:
+    flags.FLAGS.unparse_flags()
+  with open(f"{workdir}/metrics_2.json") as f:  # rewritten by the eval run, same numbers
+    _assert_same_metrics(json.load(f), results)
+  loaded_config, model, variables = api.load(workdir)
+  assert loaded_config.data.image_size == config.data.image_size
+  _assert_same_metrics(
+    evaluate.evaluate_variables(
+      loaded_config, model, variables, input_pipeline.create_eval_dataset(loaded_config), step=2
+    ),
+    results,
+  )
+
+
+def _crash_at(step: int):
+  """A train iterator factory whose stream raises when the batch of `step` is requested."""
+  real = input_pipeline.create_train_iterator
+
+  def create(config, start_step=0, **kwargs):
+    for i, batch in enumerate(real(config, start_step, **kwargs), start=start_step + 1):
+      if i == step:
+        raise KeyboardInterrupt(f"killed before step {step}")
+      yield batch
+
+  return create
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+  config = tiny_train_config(data_dir)
+  config.train.num_steps = 4
+  config.train.eval_every_steps = 100
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  with monkeypatch.context() as m:
+    m.setattr(input_pipeline, "create_train_iterator", _crash_at(3))
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  manager = checkpointing.create_manager(str(tmp_path / "resumed"), config)
+  assert manager.latest_step() == 2  # the kill cost only the steps after the last checkpoint
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  _, _, straight = api.load(str(tmp_path / "straight"))
+  _, _, resumed = api.load(str(tmp_path / "resumed"))
+  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+
+
+def test_one_and_two_devices_give_the_same_loss(data_dir):
+  assert jax.device_count() == 2, "tests/conftest.py asks XLA for two host devices"
+  config = tiny_train_config(data_dir)
+  model = api.create_model(config)
+  state = train.init_state(config, jax.random.PRNGKey(0))
+  batch = next(input_pipeline.create_train_iterator(config))
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = Mesh(np.asarray(devices), ("data",))
+    step = jax.jit(
+      functools.partial(train.train_step, model=model, config=config),
+      in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+    )
+    sharded = parallel.shard_batch(batch, parallel.data_sharding(mesh), train.BATCH_KEYS)
+    new_state, metrics = step(jax.device_put(state, parallel.replicated(mesh)), sharded)
+    results.append((jax.device_get(metrics), jax.device_get(new_state.params)))
+  (metrics_1, params_1), (metrics_2, params_2) = results
+  for key in ("loss", "rpn_det/objectness", "roi/cls", "semantic", "grad_norm"):
+    np.testing.assert_allclose(metrics_1[key], metrics_2[key], rtol=1e-5, err_msg=key)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-7),
+               params_1, params_2)  # fmt: skip
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
+  data_dir, tmp_path, monkeypatch
+):
+  config = tiny_train_config(data_dir)
+  config.train.num_steps = 4
+  real = input_pipeline.create_train_iterator
+
+  def poisoned(config, start_step=0, **kwargs):
+    for i, batch in enumerate(real(config, start_step, **kwargs), start=start_step + 1):
+      if i == 3:
+        batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+      yield batch
+
+  monkeypatch.setattr(input_pipeline, "create_train_iterator", poisoned)
+  with pytest.raises(FloatingPointError, match="at step 3"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert checkpointing.create_manager(str(tmp_path), config).latest_step() == 2
