@@ -11,6 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the default config: ResNet-50-FPN, case1, roi+rpn fusion, 512x1024, 96k steps."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # PRNG seed for parameters, sampling and data order
+  c.distributed = False  # several hosts: call jax.distributed.initialize() (cluster from env)
 
   c.data = d = ml_collections.ConfigDict()
   d.dataset = (

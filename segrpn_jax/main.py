@@ -16,14 +16,13 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, summaries and metrics.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate) or evaluate only.")
 flags.DEFINE_integer("step", None, "With --mode=eval: the checkpoint step (default: latest).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (several hosts).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.distributed:
+  if FLAGS.config.distributed:
     jax.distributed.initialize()
   logging.info(
     "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
