@@ -158,7 +158,9 @@ def predict(model: SegRPN, variables: dict, images: jax.Array, fusion: str | Non
     detections {boxes [B, 100, 4], scores, classes (1..K), valid}, proposals {boxes [B, P, 4],
     logits, scores (probabilities), valid}, semantic_logits [B, H/4, W/4, 19] and
     semantic_labels [B, H, W] (with a semantic head), class_agnostic_logits (list of
-    [B, H_l, W_l], P2..P6) and foreground_prob [B, H, W] (see SegRPN._foreground_prob).
+    [B, H_l, W_l], P2..P6), foreground_prob [B, H, W] (the semantic head's thing
+    probability, see SegRPN._semantic_foreground) and class_agnostic_prob [B, H, W] (the union
+    of the class-agnostic levels).
   """
   out = model.apply(variables, images, train=False, fusion=fusion)
   out.pop("rpn_logits")  # every anchor's logit: for tests and analysis, not for evaluation

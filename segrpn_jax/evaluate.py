@@ -19,6 +19,8 @@ from clu import metric_writers
 from segrpn_jax import api, input_pipeline, metrics, parallel, summaries
 
 THING_TRAIN_IDS = tuple(range(11, 19))  # person .. bicycle: the foreground of mIoU*
+# Binary foreground maps scored against THING_TRAIN_IDS: metric name -> model output.
+BINARY_MAPS = {"mIoU*": "foreground_prob", "mIoU*/class_agnostic": "class_agnostic_prob"}
 
 
 def foreground_labels(semantic_bxhxw: jax.Array, crowd_bxhxw: jax.Array) -> jax.Array:
@@ -36,21 +38,24 @@ def eval_step(model, variables, batch, fusion, num_classes):
   """Inference on one batch plus the two confusion matrices (computed on device).
 
   Returns:
-    (outputs, semantic confusion [K, K], foreground confusion [2, 2]); padding examples of the
+    (outputs, semantic confusion [K, K], {binary metric name: foreground confusion [2, 2]}
+    for each BINARY_MAPS output the model has); padding examples of the
     last batch (example_mask False) add nothing to the matrices.
   """
   out = api.predict(model, variables, batch["image"], fusion=fusion)
   mask = batch["example_mask"]
-  semantic_cm = fg_cm = None  # plain Faster R-CNN (semantic_head False) has neither map
+  semantic_cm = None  # plain Faster R-CNN (semantic_head False) has no semantic map
   if "semantic_labels" in out:
     semantic_cm = metrics.confusion_matrix_update(
       out["semantic_labels"], batch["semantic"], num_classes, mask=mask
     )
-  if "foreground_prob" in out:
-    fg_pred = (out["foreground_prob"] > 0.5).astype(jnp.int32)
-    fg_gt = foreground_labels(batch["semantic"], batch["crowd"])
-    fg_cm = metrics.confusion_matrix_update(fg_pred, fg_gt, 2, mask=mask)
-  return out, semantic_cm, fg_cm
+  fg_gt = foreground_labels(batch["semantic"], batch["crowd"])
+  binary_cms = {
+    name: metrics.confusion_matrix_update((out[key] > 0.5).astype(jnp.int32), fg_gt, 2, mask=mask)
+    for name, key in BINARY_MAPS.items()
+    if key in out
+  }
+  return out, semantic_cm, binary_cms
 
 
 class _DetectionMetrics:
@@ -100,7 +105,8 @@ def evaluate_variables(
     writer: a CLU writer for scalars and image summaries (None: none).
 
   Returns:
-    {'mAP50', 'AP50/<class>', 'AR@1000', 'mIoU', 'IoU/<class>', 'pixel_accuracy', 'mIoU*', ...};
+    {'mAP50', 'AP50/<class>', 'AR@1000', 'mIoU', 'IoU/<class>', 'pixel_accuracy', 'mIoU*',
+    'mIoU*/class_agnostic' (with the class-agnostic module), ...};
     with an inference fusion also the same detection metrics under 'without_fusion/'.
   """
   fusion = config.model.fusion.inference
@@ -109,7 +115,9 @@ def evaluate_variables(
   semantic = metrics.ConfusionMatrix(
     config.model.num_semantic_classes, class_names=metrics.CITYSCAPES_CLASSES
   )
-  foreground = metrics.ConfusionMatrix(2, class_names=metrics.BINARY_CLASSES)
+  binary = {
+    name: metrics.ConfusionMatrix(2, class_names=metrics.BINARY_CLASSES) for name in BINARY_MAPS
+  }
   images = []
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.eval.batch_size, "config.eval.batch_size", mesh)
@@ -119,24 +127,25 @@ def evaluate_variables(
     # Every process scores the whole global batch, so the host metrics see every image.
     batch = parallel.gather_host({k: v for k, v in batch.items() if k != "image_id"})
     for f in fusions:
-      out, semantic_cm, fg_cm = eval_step(
+      out, semantic_cm, binary_cms = eval_step(
         model, variables, device_batch, f, config.model.num_semantic_classes
       )
-      out, semantic_cm, fg_cm = parallel.to_host((out, semantic_cm, fg_cm))
+      out, semantic_cm, binary_cms = parallel.to_host((out, semantic_cm, binary_cms))
       detection[f].add(out, batch)
       if f == fusion:  # the segmentation outputs do not depend on the RPN fusion
         if semantic_cm is not None:
           semantic.add_matrix(np.asarray(semantic_cm))
-        if fg_cm is not None:
-          foreground.add_matrix(np.asarray(fg_cm))
+        for name, matrix in binary_cms.items():
+          binary[name].add_matrix(np.asarray(matrix))
         if len(images) < config.eval.num_image_summaries:
           images += _summary_images(out, batch)[: config.eval.num_image_summaries - len(images)]
 
   results = detection[fusion].result()
   if config.model.semantic_head:
     results.update(semantic.result())
-  if foreground.matrix.any():
-    results["mIoU*"] = foreground.result()["mIoU"]
+  for name, matrix in binary.items():
+    if matrix.matrix.any():
+      results[name] = matrix.result()["mIoU"]
   for f in fusions[1:]:
     results.update({f"without_fusion/{k}": v for k, v in detection[f].result().items()})
   results = {k: float(v) for k, v in results.items()}

@@ -17,7 +17,7 @@ import pytest
 
 from configs import default
 from segrpn_jax import api, losses, pretrained
-from segrpn_jax.models import roi_heads
+from segrpn_jax.models import roi_heads, seg_heads
 from segrpn_jax.models.segrpn import SegRPN
 from segrpn_jax.ops import boxes as box_ops
 
@@ -158,7 +158,18 @@ def test_tiny_inference_shapes_and_ranges(inference):
     assert np.all(np.isin(prop["logits"][i][valid], full["rpn_logits"][i]))
     np.testing.assert_allclose(prop["scores"][i], 1 / (1 + np.exp(-prop["logits"][i])), rtol=1e-5)
   assert full["semantic_labels"].min() >= 0 and full["semantic_labels"].max() < 19
-  assert np.all((full["foreground_prob"] >= 0) & (full["foreground_prob"] <= 1))
+  for key in ("foreground_prob", "class_agnostic_prob"):
+    assert full[key].shape == (2, H, W)
+    assert np.all((full[key] >= -1e-6) & (full[key] <= 1 + 1e-6)), key
+  # mIoU*'s map is the semantic head's total thing probability (trainIds 11..18) at input size;
+  # the class-agnostic map is the max over levels of the upsampled level probabilities.
+  probs = jax.nn.softmax(seg_heads.resize_bilinear(jnp.asarray(full["semantic_logits"]), H, W))
+  np.testing.assert_allclose(full["foreground_prob"], probs[..., 11:].sum(-1), atol=1e-5)
+  level_probs = [
+    seg_heads.resize_bilinear(jax.nn.sigmoid(jnp.asarray(x))[..., None], H, W)[..., 0]
+    for x in full["class_agnostic_logits"]
+  ]
+  np.testing.assert_allclose(full["class_agnostic_prob"], np.max(level_probs, axis=0), atol=1e-6)
 
 
 def test_api_predict_and_rpn_maps_shapes(tiny):
@@ -172,6 +183,7 @@ def test_api_predict_and_rpn_maps_shapes(tiny):
     "semantic_labels",
     "class_agnostic_logits",
     "foreground_prob",
+    "class_agnostic_prob",
   }
   maps = jax.eval_shape(functools.partial(api.rpn_maps, model), variables, images)
   assert list(maps) == ["P2", "P3", "P4", "P5", "P6"]

@@ -210,7 +210,8 @@ class SegRPN(nn.Module):
       (rpn_det: the fused predictions that make the proposals; rpn_mask: RPN_mask's own),
       rpn_targets {labels, deltas} and roi (see `sample_rois`, plus cls_logits, deltas).
       Inference adds detections {boxes, scores, classes, valid}, semantic_labels [B, H, W] and
-      foreground_prob [B, H, W] (see `_foreground_prob`).
+      foreground_prob [B, H, W] (see `_semantic_foreground`) and, with the class-agnostic
+      module, class_agnostic_prob [B, H, W] (max over levels of the upsampled level maps).
     """
     m = self.config
     if fusion is None:
@@ -321,25 +322,27 @@ class SegRPN(nn.Module):
       logits = resize_bilinear(trunk["semantic_logits"], height, width)
       out["semantic_labels"] = jnp.argmax(logits, axis=-1).astype(jnp.int32)
       semantic_probs = jax.nn.softmax(logits, axis=-1)
-    foreground = self._foreground_prob(trunk, semantic_probs)
-    if foreground is not None:
-      out["foreground_prob"] = foreground
+    if semantic_probs is not None:
+      out["foreground_prob"] = self._semantic_foreground(semantic_probs)
+    if m.class_agnostic:
+      out["class_agnostic_prob"] = foreground_probability(
+        trunk["class_agnostic_logits"], height, width
+      )
+      out.setdefault("foreground_prob", out["class_agnostic_prob"])
     return out
 
-  def _foreground_prob(self, trunk: dict, semantic_probs):
-    """The [B, H, W] foreground probability of mIoU*.
+  def _semantic_foreground(self, semantic_probs):
+    """The [B, H, W] foreground probability of mIoU*: the semantic head's total probability of
+    the thing classes, the last config.model.num_classes semantic classes (trainIds 11..18).
 
-    With the class-agnostic module: the max over levels of the per-level sigmoid maps, each
-    bilinearly upsampled to the input (seg_heads.foreground_probability). Without it (baseline):
-    the semantic head's total probability of the thing classes, which are the last
-    config.model.num_classes semantic classes (Cityscapes trainIds 11..18). Neither: None.
+    mIoU* is the binary foreground/background quality of the segmentation branch, reported for
+    the baseline too (which has no class-agnostic module); SegRPN's class-agnostic features
+    reach this map through the semantic head's objectness prior. The class-agnostic module's
+    own union map is `class_agnostic_prob` (scored as mIoU*/class_agnostic): its coarse levels
+    only resolve an object to its level's stride, so it is the weaker binary map.
     """
     m = self.config
-    if m.class_agnostic:
-      return foreground_probability(trunk["class_agnostic_logits"], *self.image_size)
-    if semantic_probs is not None:
-      return jnp.sum(semantic_probs[..., m.num_semantic_classes - m.num_classes :], axis=-1)
-    return None
+    return jnp.sum(semantic_probs[..., m.num_semantic_classes - m.num_classes :], axis=-1)
 
   def rpn_maps(self, images) -> dict:
     """Per-level RPN maps of both RPNs and their fusions (the paper's Fig. 1 and 3).
