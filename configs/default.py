@@ -14,10 +14,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed = False  # several hosts: call jax.distributed.initialize() (cluster from env)
 
   c.data = d = ml_collections.ConfigDict()
-  d.dataset = (
-    "cityscapes_instances"  # TFDS name: cityscapes_instances or synthetic_streets[/config]
-  )
-  d.data_dir = None  # TFDS data_dir (None: ~/tensorflow_datasets)
+  # TFDS name: cityscapes_instances or synthetic_streets[/config]
+  d.dataset = "cityscapes_instances"
+  # TFDS data_dir, None = ~/tensorflow_datasets (a placeholder so --config.data.data_dir works)
+  d.data_dir = ml_collections.config_dict.placeholder(str)
   d.manual_dir = "data/cityscapes"  # folder with the Cityscapes zips or leftImg8bit/ + gtFine/
   d.image_size = (512, 1024)  # (height, width) every image is resized to
   d.max_instances = 100  # ground-truth boxes per image are padded to this; more is an error
@@ -146,13 +146,13 @@ def synthetic(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   m.roi.canonical_size = m.roi.canonical_size // 2
   t = c.train
   t.batch_size = 4
-  t.num_steps = 1000
+  t.num_steps = 800  # with data generation, compile and evaluation: under 20 min on 2 CPU cores
   t.base_lr = 0.02
   t.warmup_start_lr = 0.002
   t.warmup_steps = 100
-  t.decay_steps = (800, 950)
-  t.checkpoint_every_steps = 250
-  t.eval_every_steps = 1000
+  t.decay_steps = (600, 720)
+  t.checkpoint_every_steps = 200
+  t.eval_every_steps = 800
   t.log_every_steps = 50
   c.eval.batch_size = 8
   return c
