@@ -139,6 +139,13 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.
   )
 
 
+def _shortcut(x, out_channels: int, stride: int, norm: Callable[[str], nn.Module], dtype: Any):
+  """The residual branch: identity, or torchvision's strided 1x1 conv + norm ('downsample')."""
+  if stride == 1 and x.shape[-1] == out_channels:
+    return x
+  return norm("downsample_bn")(_conv(out_channels, 1, stride, dtype, "downsample_conv")(x))
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs with a residual (ResNet-18/34), torchvision's BasicBlock."""
 
@@ -156,12 +163,7 @@ class BasicBlock(nn.Module):
     out_channels = self.width * EXPANSION["basic"]
     y = nn.relu(norm("bn1")(_conv(self.width, 3, self.stride, self.dtype, "conv1")(x)))
     y = norm("bn2")(_conv(out_channels, 3, 1, self.dtype, "conv2")(y))
-    shortcut = x
-    if self.stride != 1 or x.shape[-1] != out_channels:
-      shortcut = norm("downsample_bn")(
-        _conv(out_channels, 1, self.stride, self.dtype, "downsample_conv")(x)
-      )
-    return nn.relu(y + shortcut)
+    return nn.relu(y + _shortcut(x, out_channels, self.stride, norm, self.dtype))
 
 
 class Bottleneck(nn.Module):
@@ -182,12 +184,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(norm("bn1")(_conv(self.width, 1, 1, self.dtype, "conv1")(x)))
     y = nn.relu(norm("bn2")(_conv(self.width, 3, self.stride, self.dtype, "conv2")(y)))
     y = norm("bn3")(_conv(out_channels, 1, 1, self.dtype, "conv3")(y))
-    shortcut = x
-    if self.stride != 1 or x.shape[-1] != out_channels:
-      shortcut = norm("downsample_bn")(
-        _conv(out_channels, 1, self.stride, self.dtype, "downsample_conv")(x)
-      )
-    return nn.relu(y + shortcut)
+    return nn.relu(y + _shortcut(x, out_channels, self.stride, norm, self.dtype))
 
 
 class Stage(nn.Module):

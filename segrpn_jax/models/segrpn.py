@@ -264,22 +264,20 @@ class SegRPN(nn.Module):
         positive_fraction=m.rpn.positive_fraction,
       )
     )
-    out = {"rpn_targets": {"labels": labels, "deltas": target_deltas}}
-    positive, negative = sample(labels, key=keys[:, 0])
-    out["rpn_det"] = {
-      "logits": scores["logits"].astype(jnp.float32),
-      "deltas": scores["deltas"].astype(jnp.float32),
-      "positive": positive,
-      "negative": negative,
-    }
-    if m.class_agnostic:
-      positive, negative = sample(labels, key=keys[:, 1])
-      out["rpn_mask"] = {
-        "logits": scores["mask_logits"].astype(jnp.float32),
-        "deltas": scores["mask_deltas"].astype(jnp.float32),
+
+    def rpn_outputs(logits, deltas, key):  # one RPN's predictions and its own anchor sample
+      positive, negative = sample(labels, key=key)
+      return {
+        "logits": logits.astype(jnp.float32),
+        "deltas": deltas.astype(jnp.float32),
         "positive": positive,
         "negative": negative,
       }
+
+    out = {"rpn_targets": {"labels": labels, "deltas": target_deltas}}
+    out["rpn_det"] = rpn_outputs(scores["logits"], scores["deltas"], keys[:, 0])
+    if m.class_agnostic:
+      out["rpn_mask"] = rpn_outputs(scores["mask_logits"], scores["mask_deltas"], keys[:, 1])
 
     o = m.roi
     rois = jax.vmap(
