@@ -53,7 +53,7 @@ def init_variables(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
     FileNotFoundError: config.model.pretrained names a file that does not exist.
     ValueError: the pretrained weights do not fit the backbone.
   """
-  _check_pretrained_file(config)
+  check_pretrained_file(config)
   model = create_model(config)
   height, width = model.image_size
   dummy = jnp.zeros((1, height, width, 3), jnp.float32)
@@ -83,7 +83,7 @@ def merge_pretrained_backbone(variables: dict, config: ml_collections.ConfigDict
     variables with variables[collection]['backbone'] replaced.
   """
   m = config.model
-  path = _check_pretrained_file(config)
+  path = check_pretrained_file(config)
   loaded = pretrained.load_torchvision_resnet(path, resnet_depth(m.backbone), m.width_multiplier)
   merged = {k: dict(v) for k, v in variables.items()}
   if m.norm == "frozen_bn":
@@ -111,14 +111,14 @@ def merge_pretrained_backbone(variables: dict, config: ml_collections.ConfigDict
   return merged
 
 
-def _check_pretrained_file(config: ml_collections.ConfigDict) -> str:
+def check_pretrained_file(config: ml_collections.ConfigDict) -> str:
   """The expanded path of config.model.pretrained; an error naming the key if it is missing."""
   path = os.path.expanduser(config.model.pretrained)
   if config.model.pretrained and not os.path.exists(path):
     raise FileNotFoundError(
       f"config.model.pretrained = {config.model.pretrained!r} does not exist; point it at a "
-      "torchvision ResNet state dict (.pth/.npz/.safetensors) or set it to '' to train from "
-      "scratch."
+      "torchvision ResNet state dict (.pth/.npz/.safetensors; scripts/convert_resnet.py and the "
+      "README's 'Pretrained weights' say how to make one) or set it to '' to train from scratch."
     )
   return path
 

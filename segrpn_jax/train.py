@@ -7,7 +7,6 @@ gradient all-reduce. The same global batch therefore gives the same loss on 1 or
 
 import functools
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -127,13 +126,7 @@ def train_step(state: TrainState, batch: dict, *, model, config) -> tuple[TrainS
 
 def check_files(config: ml_collections.ConfigDict) -> None:
   """Fails fast, naming the config key, when the configured inputs are not on disk."""
-  pretrained = config.model.pretrained
-  if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
-    raise FileNotFoundError(
-      f"config.model.pretrained = {pretrained!r} does not exist. Convert torchvision's ImageNet "
-      "ResNet weights with scripts/convert_resnet.py (see README, 'Pretrained weights') and point "
-      "config.model.pretrained at the file, or set it to '' to train from scratch."
-    )
+  api.check_pretrained_file(config)
   input_pipeline.check_inputs(config)
 
 
@@ -156,15 +149,11 @@ def restore_state(
   return checkpointing.restore(manager, abstract, step)
 
 
-class _NonFinite(FloatingPointError):
-  pass
-
-
 def _check_finite(metrics: dict, step: int) -> None:
   loss = float(metrics["loss"])
   if not math.isfinite(loss):
     bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
-    raise _NonFinite(
+    raise FloatingPointError(
       f"non-finite loss {loss} at step {step} (non-finite: {', '.join(bad)}); training stopped, "
       "the last checkpoint before it is kept."
     )
