@@ -6,6 +6,8 @@ The paper settings (baseline.py, segrpn.py, case1.py, case2.py, case3.py) start 
 
 import ml_collections
 
+from segrpn_jax.models.rpn import FUSIONS
+
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the default config: ResNet-50-FPN, case1, roi+rpn fusion, 512x1024, 96k steps."""
@@ -110,9 +112,6 @@ def get_config() -> ml_collections.ConfigDict:
   e.max_proposals = 1000  # AR@1000
   e.num_image_summaries = 4
   return c
-
-
-FUSIONS = ("none", "rpn", "roi", "roi+rpn")
 
 
 def synthetic(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

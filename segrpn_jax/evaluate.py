@@ -16,10 +16,10 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from segrpn_jax import api, input_pipeline, metrics, parallel, summaries
+from segrpn_jax import api, input_pipeline, metrics, parallel, run_config, summaries
+from segrpn_jax.datasets import labels
 
-THING_TRAIN_IDS = tuple(range(11, 19))  # person .. bicycle: the foreground of mIoU*
-# Binary foreground maps scored against THING_TRAIN_IDS: metric name -> model output.
+# Binary foreground maps scored against labels.THING_TRAIN_IDS: metric name -> model output.
 BINARY_MAPS = {"mIoU*": "foreground_prob", "mIoU*/class_agnostic": "class_agnostic_prob"}
 
 
@@ -29,7 +29,7 @@ def foreground_labels(semantic_bxhxw: jax.Array, crowd_bxhxw: jax.Array) -> jax.
   Crowd groups are thing pixels that are not instances; the class-agnostic training target
   ignores them, so mIoU* does too.
   """
-  fg = jnp.isin(semantic_bxhxw, jnp.asarray(THING_TRAIN_IDS)).astype(jnp.int32)
+  fg = jnp.isin(semantic_bxhxw, jnp.asarray(labels.THING_TRAIN_IDS)).astype(jnp.int32)
   return jnp.where((semantic_bxhxw == 255) | crowd_bxhxw, 255, fg)
 
 
@@ -120,7 +120,6 @@ def evaluate_variables(
   }
   images = []
   mesh = parallel.make_mesh()
-  parallel.check_batch_size(config.eval.batch_size, "config.eval.batch_size", mesh)
   sharding = parallel.data_sharding(mesh)
   for batch in eval_data:
     device_batch = parallel.shard_batch(batch, sharding, input_pipeline.EVAL_DEVICE_KEYS)
@@ -184,6 +183,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
   Returns:
     The metrics dict of `evaluate_variables`; also written to `workdir/metrics_<step>.json`.
   """
+  run_config.validate(config)
   _, model, variables, step = api.load_checkpoint(workdir, config=config, step=step)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   eval_data = input_pipeline.create_eval_dataset(config)

@@ -23,9 +23,8 @@ import tensorflow_datasets as tfds
 
 import segrpn_jax.datasets  # noqa: F401  (registers the builders with tfds)
 from segrpn_jax.datasets import cityscapes_instances, labels
+from segrpn_jax.pretrained import PIXEL_MEAN, PIXEL_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _HOST_ONLY = ("image_id", "num_instances")  # checked and dropped before a train batch is yielded
 # The keys evaluation passes into jit (image_id stays on the host).
 EVAL_DEVICE_KEYS = ("image", "semantic", "crowd", "example_mask")
@@ -62,24 +61,16 @@ def _check_manual_dir(config: ml_collections.ConfigDict, builder) -> None:
     raise FileNotFoundError(f"config.data.manual_dir={manual_dir!r}: {e}") from e
 
 
-def check_inputs(config: ml_collections.ConfigDict) -> None:
-  """Fails fast, naming the config key, on data settings that cannot work; builds nothing.
+def check_dataset(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, naming the config key, when the dataset cannot be read or built; builds nothing.
 
   Args:
     config: The experiment config.
 
   Raises:
-    ValueError / FileNotFoundError: for an unknown dataset, a Cityscapes release that is
-    neither built nor in config.data.manual_dir, batch sizes that do not divide over the
-    devices, or a bad image_size / max_instances.
+    ValueError / FileNotFoundError: for an unknown dataset, or a Cityscapes release that is
+    neither built nor in config.data.manual_dir.
   """
-  height, width = config.data.image_size
-  if height <= 0 or width <= 0:
-    raise ValueError(f"config.data.image_size={config.data.image_size} must be positive")
-  if config.data.max_instances <= 0:
-    raise ValueError(f"config.data.max_instances={config.data.max_instances} must be positive")
-  per_process_batch_size(config.train.batch_size, "config.train.batch_size", jax.process_count())
-  per_process_batch_size(config.eval.batch_size, "config.eval.batch_size", jax.process_count())
   _check_manual_dir(config, _open_builder(config))
 
 
@@ -198,7 +189,7 @@ def preprocess(
     flip, mirror, lambda: (image, semantic, instance_map, crowd, boxes)
   )
   crowd_boxes, crowd_valid = _crowd_boxes(crowd, semantic)
-  image = (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+  image = (image / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
   num_instances = tf.shape(classes)[0]
   pad = tf.maximum(max_instances - num_instances, 0)

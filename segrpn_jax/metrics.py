@@ -22,12 +22,10 @@ Undefined values (no ground truth at all) are NaN, where COCOeval would print -1
 import jax.numpy as jnp
 import numpy as np
 
-THING_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
-CITYSCAPES_CLASSES = (
-  "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-  "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-  "motorcycle", "bicycle",
-)  # fmt: skip
+from segrpn_jax.datasets import labels
+
+THING_CLASSES = labels.THING_NAMES  # detection classes 1..8
+CITYSCAPES_CLASSES = labels.TRAIN_ID_NAMES  # the 19 trainIds
 BINARY_CLASSES = ("background", "foreground")
 # pycocotools' own linspace calls, so the thresholds are bit-identical to COCOeval's.
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -462,10 +460,10 @@ class ConfusionMatrix:
       mask = np.asarray(mask, bool)
       counted &= mask.reshape(mask.shape + (1,) * (gt.ndim - mask.ndim))
     k = self.num_classes
-    for what, labels in (("gt", gt), ("pred", pred)):
-      bad = counted & ((labels < 0) | (labels >= k))
+    for what, values in (("gt", gt), ("pred", pred)):
+      bad = counted & ((values < 0) | (values >= k))
       if bad.any():
-        raise ValueError(f"{what} label {labels[bad][0]} is outside 0..{k - 1} (and not ignore)")
+        raise ValueError(f"{what} label {values[bad][0]} is outside 0..{k - 1} (and not ignore)")
     index = gt[counted].astype(np.int64) * k + pred[counted]
     self.matrix += np.bincount(index, minlength=k * k).reshape(k, k)
 

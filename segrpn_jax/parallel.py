@@ -23,15 +23,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch_size(batch_size: int, key: str, mesh: Mesh) -> None:
-  """The global batch must split evenly over the devices; names the config key otherwise."""
-  if batch_size % mesh.size:
-    raise ValueError(
-      f"{key} = {batch_size} must be a multiple of the {mesh.size} devices "
-      f"({jax.process_count()} processes); change {key}."
-    )
-
-
 def shard_batch(batch: dict, sharding: NamedSharding, keys: Iterable[str]) -> dict:
   """Per-process NumPy batch -> global jax.Arrays sharded along the leading axis."""
   return {

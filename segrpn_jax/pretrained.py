@@ -11,8 +11,8 @@ The ResNet module names mirror torchvision's, so the mapping is mechanical:
 `weight`/`bias`/`running_mean`/`running_var` <-> `frozen_bn/.../scale`/`bias`/
 `mean`/`var`.
 
-torchvision's weights expect RGB in [0, 1] normalised with TORCHVISION_PIXEL_MEAN
-and TORCHVISION_PIXEL_STD; the backbone does not normalise its input.
+torchvision's weights expect RGB in [0, 1] normalised with PIXEL_MEAN and
+PIXEL_STD; the backbone does not normalise its input.
 """
 
 import functools
@@ -23,13 +23,17 @@ import struct
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import ml_dtypes
 import numpy as np
 
 from segrpn_jax.models.resnet import STAGE_BLOCKS, ResNet
+from segrpn_jax.models.segrpn import resnet_depth
 
-TORCHVISION_PIXEL_MEAN = (0.485, 0.456, 0.406)  # RGB, images scaled to [0, 1]
-TORCHVISION_PIXEL_STD = (0.229, 0.224, 0.225)
+# The input normalisation of the whole package (the batch contract's `image`): RGB scaled to
+# [0, 1], minus PIXEL_MEAN, divided by PIXEL_STD, as torchvision's ImageNet weights expect.
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
 
 # Keys of a torchvision ResNet state dict that the backbone does not use: the
 # ImageNet classifier and BatchNorm's step counters. They are skipped silently.
@@ -299,3 +303,51 @@ def load_torchvision_resnet(
     raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}.")
   variables = variables_from_state_dict(read_state_dict(path), depth, source=path)
   return frozen_bn_to_batch_norm(variables) if norm == "bn" else variables
+
+
+def check_pretrained_file(config: ml_collections.ConfigDict) -> str:
+  """The expanded path of config.model.pretrained; an error naming the key if it is missing."""
+  path = os.path.expanduser(config.model.pretrained)
+  if config.model.pretrained and not os.path.exists(path):
+    raise FileNotFoundError(
+      f"config.model.pretrained = {config.model.pretrained!r} does not exist; point it at a "
+      "torchvision ResNet state dict (.pth/.npz/.safetensors; scripts/convert_resnet.py and the "
+      "README's 'Pretrained weights' say how to make one) or set it to '' to train from scratch."
+    )
+  return path
+
+
+def merge_pretrained_backbone(variables: dict, config: ml_collections.ConfigDict) -> dict:
+  """Replaces the backbone's variables by torchvision ImageNet weights.
+
+  norm 'frozen_bn' takes the BatchNorm statistics and affine as they are; norm 'bn' puts the
+  affine into params (scale, bias) and the statistics into batch_stats (mean, var), through
+  `frozen_bn_to_batch_norm`; 'gn' has no ImageNet weights.
+
+  Args:
+    variables: the model's freshly initialised variables.
+    config: the full config (model.pretrained, model.backbone, model.norm,
+      model.width_multiplier).
+
+  Returns:
+    variables with variables[collection]['backbone'] replaced.
+  """
+  m = config.model
+  path = check_pretrained_file(config)
+  if m.norm not in ("frozen_bn", "bn"):
+    raise ValueError(
+      f"config.model.pretrained is set but config.model.norm = {m.norm!r}: ImageNet ResNet "
+      "weights exist for frozen_bn and bn only; set config.model.norm or pretrained=''."
+    )
+  loaded = load_torchvision_resnet(path, resnet_depth(m.backbone), m.width_multiplier, m.norm)
+  merged = {k: dict(v) for k, v in variables.items()}
+  for collection, tree in loaded.items():
+    expected = jax.tree.map(jnp.shape, merged[collection]["backbone"])
+    got = jax.tree.map(jnp.shape, tree)
+    if expected != got:
+      raise ValueError(
+        f"config.model.pretrained = {m.pretrained!r} does not fit the {m.backbone} backbone's "
+        f"'{collection}' variables (check config.model.backbone and width_multiplier)."
+      )
+    merged[collection]["backbone"] = tree
+  return merged

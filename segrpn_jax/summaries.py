@@ -2,23 +2,15 @@
 
 import numpy as np
 
-# Cityscapes trainId colours (the official palette), index = trainId.
-TRAIN_ID_COLOURS = np.array(
-  [
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
-    (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-  ],
-  np.uint8,
-)  # fmt: skip
-IMAGENET_MEAN = np.array((0.485, 0.456, 0.406), np.float32)
-IMAGENET_STD = np.array((0.229, 0.224, 0.225), np.float32)
+from segrpn_jax.datasets import labels
+from segrpn_jax.pretrained import PIXEL_MEAN, PIXEL_STD
+
+TRAIN_ID_COLOURS = labels.train_id_colors()  # [256, 3]: the official palette, index = trainId
 
 
 def denormalize(image_hxwx3: np.ndarray) -> np.ndarray:
   """ImageNet-normalised float image -> uint8 RGB."""
-  rgb = (np.asarray(image_hxwx3, np.float32) * IMAGENET_STD + IMAGENET_MEAN) * 255.0
+  rgb = (np.asarray(image_hxwx3, np.float32) * PIXEL_STD + PIXEL_MEAN) * 255.0
   return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
@@ -30,7 +22,7 @@ def draw_boxes(
   height, width = out.shape[:2]
   for box, cls in zip(boxes_nx4[valid_n], classes_n[valid_n], strict=True):
     x1, y1, x2, y2 = np.clip(np.round(box).astype(int), 0, [width - 1, height - 1] * 2)
-    colour = TRAIN_ID_COLOURS[min(int(cls) + 10, 18)]
+    colour = TRAIN_ID_COLOURS[int(cls) + labels.THING_TRAIN_ID_OFFSET]
     out[y1 : y1 + 2, x1 : x2 + 1] = colour
     out[max(y2 - 1, 0) : y2 + 1, x1 : x2 + 1] = colour
     out[y1 : y2 + 1, x1 : x1 + 2] = colour
@@ -40,8 +32,8 @@ def draw_boxes(
 
 def semantic_overlay(image_hxwx3: np.ndarray, labels_hxw: np.ndarray, alpha=0.5) -> np.ndarray:
   """Blends the trainId colours of `labels_hxw` over the image (ignore 255 stays the image)."""
-  labels = np.asarray(labels_hxw)
-  colours = TRAIN_ID_COLOURS[np.clip(labels, 0, 18)].astype(np.float32)
+  train_ids = np.asarray(labels_hxw)
+  colours = TRAIN_ID_COLOURS[train_ids].astype(np.float32)
   blend = (1 - alpha) * image_hxwx3.astype(np.float32) + alpha * colours
-  blend = np.where((labels == 255)[..., None], image_hxwx3, blend)
+  blend = np.where((train_ids == labels.IGNORE_LABEL)[..., None], image_hxwx3, blend)
   return blend.astype(np.uint8)

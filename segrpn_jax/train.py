@@ -8,20 +8,16 @@ gradient all-reduce. The same global batch therefore gives the same loss on 1 or
 import functools
 import math
 from collections.abc import Iterator
-from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
-from jax.sharding import Mesh
 
-from segrpn_jax import api, checkpointing, evaluate, input_pipeline, losses, optim, parallel
-from segrpn_jax.models import resnet
+from segrpn_jax import checkpointing, evaluate, input_pipeline, losses, parallel, run_config
+from segrpn_jax import state as state_lib
 
 # Keys of a batch that the jitted step consumes; host-only keys (image_id) stay outside.
 BATCH_KEYS = (
@@ -38,45 +34,9 @@ BATCH_KEYS = (
 )
 
 
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  extra: Any  # non-trainable variable collections: frozen BN statistics, batch_stats
-  opt_state: Any
-  rng: jax.Array
-
-  def variables(self) -> dict:
-    return {"params": self.params, **self.extra}
-
-
-def frozen_prefixes(config: ml_collections.ConfigDict) -> list[tuple[str, ...]]:
-  """Parameter paths the optimizer must never update (config.model.freeze_at)."""
-  return [("backbone", name) for name in resnet.frozen_stages(config.model.freeze_at)]
-
-
-def create_optimizer(config, params):
-  return optim.create_optimizer(
-    config.train, params, optim.frozen_predicate(frozen_prefixes(config))
-  )
-
-
-def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
-  """A fresh TrainState: variables (pretrained backbone merged in when configured) and opt state."""
-  init_rng, state_rng = jax.random.split(rng)
-  variables = dict(api.init_variables(config, init_rng))
-  params = variables.pop("params")
-  tx, _ = create_optimizer(config, params)
-  return TrainState(
-    step=jnp.zeros((), jnp.int32),
-    params=params,
-    extra=variables,
-    opt_state=tx.init(params),
-    rng=state_rng,
-  )
-
-
-def train_step(state: TrainState, batch: dict, *, model, config) -> tuple[TrainState, dict]:
+def train_step(
+  state: state_lib.TrainState, batch: dict, *, model, config
+) -> tuple[state_lib.TrainState, dict]:
   """One SGD step on a global batch.
 
   Args:
@@ -88,7 +48,7 @@ def train_step(state: TrainState, batch: dict, *, model, config) -> tuple[TrainS
   Returns:
     (new state, metrics): the total loss, every loss part, the learning rate and grad norm.
   """
-  tx, schedule = create_optimizer(config, state.params)
+  tx, schedule = state_lib.create_optimizer(config, state.params)
   rng, step_rng = jax.random.split(state.rng)
   mutable = ["batch_stats"] if "batch_stats" in state.extra else False
 
@@ -124,31 +84,6 @@ def train_step(state: TrainState, batch: dict, *, model, config) -> tuple[TrainS
   return new_state, metrics
 
 
-def check_files(config: ml_collections.ConfigDict) -> None:
-  """Fails fast, naming the config key, when the configured inputs are not on disk."""
-  api.check_pretrained_file(config)
-  input_pipeline.check_inputs(config)
-
-
-def restore_state(
-  config: ml_collections.ConfigDict, manager, mesh: Mesh, step: int | None = None
-) -> tuple[TrainState | None, int | None]:
-  """Restores the checkpoint of `step` (None: the latest), replicated over `mesh`.
-
-  Returns:
-    (state, step), or (None, None) when the run has no checkpoint yet.
-  """
-  replicated = parallel.replicated(mesh)
-  # Shapes only: the pretrained weights (same shapes) need not be read, nor even be present.
-  shapes_config = ml_collections.ConfigDict(config.to_dict())
-  shapes_config.model.pretrained = ""
-  abstract = jax.eval_shape(functools.partial(init_state, shapes_config), jax.random.PRNGKey(0))
-  abstract = jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract
-  )
-  return checkpointing.restore(manager, abstract, step)
-
-
 def _check_finite(metrics: dict, step: int) -> None:
   loss = float(metrics["loss"])
   if not math.isfinite(loss):
@@ -173,22 +108,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns:
     The metrics of the final evaluation.
   """
-  check_files(config)
+  run_config.validate(config)
   checkpointing.save_config(workdir, config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
   data_sharding = parallel.data_sharding(mesh)
-  parallel.check_batch_size(config.train.batch_size, "config.train.batch_size", mesh)
   logging.info("Devices: %s", jax.devices())
 
-  model = api.create_model(config)
+  model = state_lib.create_model(config)
   manager = checkpointing.create_manager(workdir, config)
-  state, step = restore_state(config, manager, mesh)
+  state, step = state_lib.restore_state(config, manager, mesh)
   if state is None:
     # Eager: init_variables jits the model init itself and merges pretrained weights on the host
     # (inside one jit they would become constants of the compiled program).
-    state = jax.device_put(init_state(config, jax.random.PRNGKey(config.seed)), replicated)
+    state = jax.device_put(
+      state_lib.init_state(config, jax.random.PRNGKey(config.seed)), replicated
+    )
     step = 0
     writer.write_hparams(_flat_hparams(config))
   else:

@@ -8,11 +8,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import default
-from segrpn_jax import input_pipeline
+from segrpn_jax import input_pipeline, pretrained, run_config
 
 HEIGHT, WIDTH = 48, 96  # resized from the tiny builder's 64x128
 MAX_INSTANCES = 16
-MEAN, STD = np.array(input_pipeline.IMAGENET_MEAN), np.array(input_pipeline.IMAGENET_STD)
+MEAN, STD = np.array(pretrained.PIXEL_MEAN), np.array(pretrained.PIXEL_STD)
 CONTRACT = {
   "image": (np.float32, (HEIGHT, WIDTH, 3)),
   "semantic": (np.int32, (HEIGHT, WIDTH)),
@@ -183,8 +183,8 @@ def test_too_many_instances_is_an_error_naming_the_image(data_dir):
 def test_batch_that_does_not_divide_over_devices_is_an_error(data_dir):
   with pytest.raises(ValueError, match=re.escape("config.train.batch_size=3")):
     input_pipeline.create_train_iterator(_config(data_dir, train__batch_size=3))
-  with pytest.raises(ValueError, match=re.escape("config.eval.batch_size=5")):
-    input_pipeline.check_inputs(_config(data_dir, eval__batch_size=5))
+  with pytest.raises(run_config.ConfigError, match=re.escape("config.eval.batch_size=5")):
+    run_config.validate(_config(data_dir, eval__batch_size=5))
 
 
 def test_unprepared_cityscapes_needs_the_manual_dir(tmp_path):
@@ -193,9 +193,7 @@ def test_unprepared_cityscapes_needs_the_manual_dir(tmp_path):
   with pytest.raises(ValueError, match=f"config.data.manual_dir is not set.*{files}"):
     input_pipeline.create_datasets(config)
   config.data.manual_dir = str(tmp_path)  # exists, but holds no release
-  with pytest.raises(
-    FileNotFoundError, match=r"config\.data\.manual_dir=.*leftImg8bit_trainvaltest"
-  ):
-    input_pipeline.check_inputs(config)
+  with pytest.raises(FileNotFoundError, match=r"config\.data\.manual_dir=.*leftImg8bit_trainval"):
+    input_pipeline.check_dataset(config)
   with pytest.raises(ValueError, match=re.escape("config.data.dataset='no_such_dataset'")):
-    input_pipeline.check_inputs(_config(str(tmp_path), data__dataset="no_such_dataset"))
+    input_pipeline.check_dataset(_config(str(tmp_path), data__dataset="no_such_dataset"))

@@ -458,7 +458,7 @@ def test_pretrained_backbone_is_merged(tmp_path, norm):
   file = tmp_path / "r18.npz"
   np.savez(file, **state)
   config.model.pretrained = str(file)
-  merged = api.merge_pretrained_backbone(variables, config)
+  merged = pretrained.merge_pretrained_backbone(variables, config)
   for (collection, *path), value in expected.items():
     if norm == "bn" and collection == "frozen_bn":
       collection = "batch_stats" if path[-1] in ("mean", "var") else "params"

@@ -14,6 +14,7 @@ from absl import flags
 from jax.sharding import Mesh
 
 from segrpn_jax import api, checkpointing, evaluate, input_pipeline, main, parallel, train
+from segrpn_jax import state as state_lib
 from tests.train_config import tiny_train_config
 
 
@@ -126,7 +127,7 @@ def test_one_and_two_devices_give_the_same_loss(data_dir):
   assert jax.device_count() == 2, "tests/conftest.py asks XLA for two host devices"
   config = tiny_train_config(data_dir)
   model = api.create_model(config)
-  state = train.init_state(config, jax.random.PRNGKey(0))
+  state = state_lib.init_state(config, jax.random.PRNGKey(0))
   batch = next(input_pipeline.create_train_iterator(config))
   results = []
   for devices in (jax.devices()[:1], jax.devices()):

@@ -103,6 +103,10 @@ THING_NAMES: tuple[str, ...] = tuple(
 )
 NUM_THING_CLASSES = len(THING_NAMES)  # 8
 THING_TRAIN_ID_OFFSET = LABEL_BY_NAME["person"].train_id - 1  # 10: trainId = class + 10
+# trainIds of the thing classes (11..18): the foreground of mIoU* and of the class-agnostic maps.
+THING_TRAIN_IDS: tuple[int, ...] = tuple(
+  THING_TRAIN_ID_OFFSET + c for c in range(1, NUM_THING_CLASSES + 1)
+)
 
 
 def label_id_to_train_id_lut() -> np.ndarray:

@@ -1,0 +1,132 @@
+"""The train state: what a checkpoint holds, how a fresh one is made and how one is restored.
+
+Below `api` in the import order (main -> train -> evaluate -> api -> state), so that loading a
+run for inference never imports the training loop.
+"""
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from segrpn_jax import checkpointing, optim, parallel, pretrained
+from segrpn_jax.models import resnet
+from segrpn_jax.models.segrpn import SegRPN
+
+# XLA CPU/GPU options for code that runs once: skip the expensive backend optimisations.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def create_model(config: ml_collections.ConfigDict) -> SegRPN:
+  """The SegRPN module of a config.
+
+  Args:
+    config: the full config (config.model and config.data.image_size are used).
+
+  Returns:
+    SegRPN(config=FrozenConfigDict(config.model), image_size=config.data.image_size).
+  """
+  return SegRPN(
+    config=ml_collections.FrozenConfigDict(config.model),
+    image_size=tuple(int(s) for s in config.data.image_size),
+  )
+
+
+def init_variables(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
+  """Fresh variables, with the ImageNet backbone merged in when config.model.pretrained is set.
+
+  The init runs under jax.jit on one dummy image of config.data.image_size, through
+  `SegRPN.initialize` (every submodule, no proposals/NMS/RoIAlign) and with XLA's backend
+  optimisations off: it runs once, and compiling ~300 random initialisers optimised costs
+  tens of seconds on a CPU for no gain. Called under a trace (jax.jit or jax.eval_shape of a
+  caller, e.g. init_state), it is traced into the caller's computation instead.
+
+  Args:
+    config: the full config.
+    rng: PRNG key for the parameter initialisers.
+
+  Returns:
+    {'params': ..., 'frozen_bn': ... (norm frozen_bn), 'batch_stats': ... (norm bn)}.
+
+  Raises:
+    FileNotFoundError: config.model.pretrained names a file that does not exist.
+    ValueError: the pretrained weights do not fit the backbone.
+  """
+  pretrained.check_pretrained_file(config)
+  model = create_model(config)
+  height, width = model.image_size
+  dummy = jnp.zeros((1, height, width, 3), jnp.float32)
+  init = functools.partial(model.init, method=SegRPN.initialize)
+  if not isinstance(rng, jax.core.Tracer):  # inside a caller's jit, that jit compiles it
+    init = jax.jit(init, compiler_options=_FAST_COMPILE)
+  variables = init({"params": rng}, dummy)
+  variables = dict(variables)
+  if config.model.pretrained:
+    variables = pretrained.merge_pretrained_backbone(variables, config)
+  return variables
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  extra: Any  # non-trainable variable collections: frozen BN statistics, batch_stats
+  opt_state: Any
+  rng: jax.Array
+
+  def variables(self) -> dict:
+    return {"params": self.params, **self.extra}
+
+
+def frozen_prefixes(config: ml_collections.ConfigDict) -> list[tuple[str, ...]]:
+  """Parameter paths the optimizer must never update (config.model.freeze_at)."""
+  return [("backbone", name) for name in resnet.frozen_stages(config.model.freeze_at)]
+
+
+def create_optimizer(config: ml_collections.ConfigDict, params):
+  """(optax transformation, learning-rate schedule) of config.train for `params`."""
+  return optim.create_optimizer(
+    config.train, params, optim.frozen_predicate(frozen_prefixes(config))
+  )
+
+
+def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
+  """A fresh TrainState: variables (pretrained backbone merged in when configured) and opt state."""
+  init_rng, state_rng = jax.random.split(rng)
+  variables = dict(init_variables(config, init_rng))
+  params = variables.pop("params")
+  tx, _ = create_optimizer(config, params)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    extra=variables,
+    opt_state=tx.init(params),
+    rng=state_rng,
+  )
+
+
+def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainState:
+  """The state's shapes and dtypes, replicated over `mesh`, without computing anything."""
+  replicated = parallel.replicated(mesh)
+  # Shapes only: the pretrained weights (same shapes) need not be read, nor even be present.
+  shapes_config = ml_collections.ConfigDict(config.to_dict())
+  shapes_config.model.pretrained = ""
+  abstract = jax.eval_shape(functools.partial(init_state, shapes_config), jax.random.PRNGKey(0))
+  return jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract
+  )
+
+
+def restore_state(
+  config: ml_collections.ConfigDict, manager, mesh: Mesh, step: int | None = None
+) -> tuple[TrainState | None, int | None]:
+  """Restores the checkpoint of `step` (None: the latest), replicated over `mesh`.
+
+  Returns:
+    (state, step), or (None, None) when the run has no checkpoint yet.
+  """
+  return checkpointing.restore(manager, abstract_state(config, mesh), step)
