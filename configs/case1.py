@@ -1,4 +1,4 @@
-"""Table II, case 1: scale-divided class-agnostic targets (DESIGN.md table, eq. (3)).
+"""Table II, case 1: scale-divided class-agnostic targets (docs/architecture.md, eq. (3)).
 Tokens: roi | rpn | roi+rpn (default roi+rpn), synthetic."""
 
 from configs import default

@@ -1,4 +1,4 @@
-"""Table II, case 3: scale-divided class-agnostic targets (DESIGN.md table, eq. (5)).
+"""Table II, case 3: scale-divided class-agnostic targets (docs/architecture.md, eq. (5)).
 Tokens: roi | rpn | roi+rpn (default roi+rpn), synthetic."""
 
 from configs import default

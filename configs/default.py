@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.class_agnostic = True  # class-agnostic module and RPN_mask (False: the paper's baseline)
   m.semantic_channels = 128  # semantic head conv width
   m.class_agnostic_convs = 2  # 3x3 convs per level in the class-agnostic module
-  m.scale_case = "case1"  # none | case1 | case2 | case3 (DESIGN.md table)
+  m.scale_case = "case1"  # none | case1 | case2 | case3 (docs/architecture.md, eqs. 3-5)
   m.size_scale = 1.0  # scale-case thresholds are for 512x1024 input; multiply for other sizes
   m.dtype = "float32"  # compute dtype: float32 | bfloat16
 

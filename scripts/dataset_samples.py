@@ -7,7 +7,7 @@ The PNG has one row per example: the image, the semantic map (Cityscapes colours
 the instances (one colour each, crowd regions white, boxes in their class colour with the class
 name). The statistics cover the whole split at its stored resolution: instances per image, per
 class, crowd, and the histogram of box sides over the FPN levels of every scale case of
-DESIGN.md, with the thresholds scaled by size_scale = H / 512 as the model does.
+docs/architecture.md, with the thresholds scaled by size_scale = H / 512 as the model does.
 """
 
 import argparse

@@ -105,7 +105,7 @@ def test_fpn_level_boundaries(side, level):
 
 
 def test_fpn_level_custom_canonical_and_rectangles():
-  # case3 of DESIGN.md: canonical 128. A 64 x 256 box has side 128 -> level 4.
+  # case3 (docs/architecture.md): canonical 128. A 64 x 256 box has side 128 -> level 4.
   boxes = jnp.array([[0.0, 0.0, 64.0, 256.0], [0.0, 0.0, 63.0, 256.0], [0, 0, 1000.0, 1000.0]])
   np.testing.assert_array_equal(box_ops.fpn_level(boxes, canonical_size=128), [4, 3, 5])
   np.testing.assert_array_equal(
