@@ -6,7 +6,7 @@ import tensorflow_datasets as tfds
 
 from segrpn_jax.datasets import features, synthetic_scene, synthetic_streets
 
-# The scale table of docs/architecture.md at 512x1024: [low, high) box sides of levels 2..6 per case.
+# docs/architecture.md's scale table at 512x1024: [low, high) box sides of levels 2..6.
 INF = np.inf
 CASES = {
   "case1": ((0, 32), (32, 64), (64, 128), (128, 256), (256, INF)),
