@@ -9,8 +9,7 @@ can tell them apart; object colours are jittered and the whole image carries Gau
 Object sides sqrt(w * h) are log-uniform from 3% to 50% of the image height, and one object in
 eight is large, log-uniform from 50% of the height up to what fits the image (about 1.2 heights
 for buses and trains). Since the scale thresholds (docs/architecture.md) grow with the input size,
-the
-fractions hold at any resolution: every FPN level of every scale case gets objects.
+the fractions hold at any resolution: every FPN level of every scale case gets objects.
 
 Objects are placed largest first, and a new object is kept only if at least half of it stays
 visible behind the larger ones placed before; drawing then goes from small (far) to large
