@@ -297,12 +297,13 @@ def predict_images(
   inputs = np.zeros((batch_size, *net_hw, 3), np.float32)
 
   def dispatch() -> None:
-    nonlocal pending, batch
-    inputs[len(batch) :] = 0.0  # padding images; their outputs are never read
+    nonlocal pending, batch, inputs
+    # The rows after len(batch) stay zero: padding images whose outputs are never read.
     out = api.predict(model, variables, jnp.asarray(inputs), fusion=fusion)
     if pending is not None:  # written while the device runs `out`
       write(*pending)
-    pending, batch = (out, batch), []
+    # A fresh buffer: on CPU jnp.asarray may share `inputs`, which the running batch still reads.
+    pending, batch, inputs = (out, batch), [], np.zeros_like(inputs)
 
   for index, path in enumerate(paths):
     try:
