@@ -3,7 +3,7 @@
 Accepted files hold torchvision's keys (`conv1.weight`, `bn1.running_mean`,
 `layer1.0.downsample.0.weight`, ...): `.pth` (read with torch, imported only
 then), `.npz` (see scripts/convert_resnet.py) or `.safetensors` (the
-`safetensors` package when installed, else `read_safetensors` below).
+`safetensors` package).
 
 The ResNet module names mirror torchvision's, so the mapping is mechanical:
 `layerN.K.` <-> `layerN/blockK/`, `downsample.0`/`.1` <-> `downsample_conv`/
@@ -16,16 +16,14 @@ PIXEL_STD; the backbone does not normalise its input.
 """
 
 import functools
-import json
 import os
 import re
-import struct
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import ml_dtypes
 import numpy as np
+import safetensors.numpy
 
 from segrpn_jax.models.resnet import STAGE_BLOCKS, ResNet
 from segrpn_jax.models.segrpn import resnet_depth
@@ -45,64 +43,6 @@ _BN_LEAF_TO_TORCH = {
   "mean": "running_mean",
   "var": "running_var",
 }
-
-_SAFETENSORS_DTYPES = {
-  "F64": np.float64,
-  "F32": np.float32,
-  "F16": np.float16,
-  "BF16": ml_dtypes.bfloat16,
-  "I64": np.int64,
-  "I32": np.int32,
-  "I16": np.int16,
-  "I8": np.int8,
-  "U8": np.uint8,
-  "BOOL": np.bool_,
-}
-
-
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """Reads a .safetensors file with NumPy only.
-
-  The format: an 8-byte little-endian header length N, N bytes of JSON mapping
-  each name to {'dtype', 'shape', 'data_offsets': [begin, end]} (offsets into the
-  byte buffer that follows; an optional '__metadata__' entry), then the buffer
-  of little-endian, C-ordered tensors.
-
-  Args:
-    path: the file.
-
-  Returns:
-    name -> array (a copy, so the file can be closed).
-  """
-  with open(path, "rb") as f:
-    data = f.read()
-  if len(data) < 8:
-    raise ValueError(f"{path}: too short for a safetensors file (no 8-byte header length).")
-  (header_len,) = struct.unpack("<Q", data[:8])
-  if 8 + header_len > len(data):
-    raise ValueError(f"{path}: safetensors header length {header_len} exceeds the file size.")
-  try:
-    header = json.loads(data[8 : 8 + header_len])
-  except ValueError as e:
-    raise ValueError(f"{path}: the safetensors header is not valid JSON ({e}).") from e
-  buffer = memoryview(data)[8 + header_len :]
-  tensors = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    if info["dtype"] not in _SAFETENSORS_DTYPES:
-      raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']!r}.")
-    dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]]).newbyteorder("<")
-    begin, end = info["data_offsets"]
-    shape = tuple(info["shape"])
-    if end - begin != int(np.prod(shape)) * dtype.itemsize or end > len(buffer):
-      raise ValueError(
-        f"{path}: tensor {name!r} offsets [{begin}, {end}) do not fit shape {shape} of "
-        f"{info['dtype']}."
-      )
-    array = np.frombuffer(buffer[begin:end], dtype=dtype).reshape(shape)
-    tensors[name] = array.astype(dtype.newbyteorder("="))
-  return tensors
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -135,10 +75,12 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
       return {k: npz[k] for k in npz.files}
   if ext == ".safetensors":
     try:
-      from safetensors.numpy import load_file  # optional: read_safetensors is the fallback
-    except ImportError:
-      return read_safetensors(path)
-    return load_file(path)
+      return safetensors.numpy.load_file(path)
+    except safetensors.SafetensorError as e:
+      raise ValueError(
+        f"Pretrained weights file {path!r} is not a readable safetensors file ({e}); "
+        "re-download or re-convert it."
+      ) from e
   raise ValueError(
     f"Pretrained weights file {path!r}: unknown extension {ext!r}; use .pth, .npz or .safetensors."
   )

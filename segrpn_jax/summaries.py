@@ -1,11 +1,14 @@
-"""Images for TensorBoard: detections drawn on the input and the semantic map as an overlay."""
+"""Pictures of predictions: detections drawn on the input (Pillow) and the semantic map as an
+overlay, for TensorBoard and `segrpn_jax.predict`."""
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from segrpn_jax.datasets import labels
 from segrpn_jax.pretrained import PIXEL_MEAN, PIXEL_STD
 
 TRAIN_ID_COLOURS = labels.train_id_colors()  # [256, 3]: the official palette, index = trainId
+BOX_LINE_WIDTH = 2
 
 
 def denormalize(image_hxwx3: np.ndarray) -> np.ndarray:
@@ -14,20 +17,54 @@ def denormalize(image_hxwx3: np.ndarray) -> np.ndarray:
   return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def draw_boxes(
-  image_hxwx3: np.ndarray, boxes_nx4: np.ndarray, classes_n: np.ndarray, valid_n: np.ndarray
+def draw_detections(
+  image_hxwx3: np.ndarray,
+  boxes_nx4: np.ndarray,
+  scores_n: np.ndarray,
+  classes_n: np.ndarray,
+  valid_n: np.ndarray,
+  class_names: tuple[str, ...] = labels.THING_NAMES,
 ) -> np.ndarray:
-  """Draws 2-pixel box outlines coloured by detection class (1..8 = trainId 11..18)."""
-  out = image_hxwx3.copy()
-  height, width = out.shape[:2]
-  for box, cls in zip(boxes_nx4[valid_n], classes_n[valid_n], strict=True):
+  """Draws each valid detection as a box outline with a "name score" label, coloured by class.
+
+  Args:
+    image_hxwx3: uint8 RGB image.
+    boxes_nx4: [N, 4] boxes (x1, y1, x2, y2) in the image's pixels.
+    scores_n: [N] scores in [0, 1].
+    classes_n: [N] detection classes 1..len(class_names) (class c has trainId c + 10, whose
+      colour it gets).
+    valid_n: [N] bool; invalid rows (padding) draw nothing.
+    class_names: the name of class c is class_names[c - 1].
+
+  Returns:
+    A new uint8 [H, W, 3] image; the input is not modified.
+  """
+  picture = Image.fromarray(np.asarray(image_hxwx3, np.uint8))
+  draw = ImageDraw.Draw(picture)
+  font = ImageFont.load_default()
+  width, height = picture.size
+  valid_n = np.asarray(valid_n, bool)
+  for box, score, cls in zip(
+    np.asarray(boxes_nx4)[valid_n],
+    np.asarray(scores_n)[valid_n],
+    np.asarray(classes_n)[valid_n],
+    strict=True,
+  ):
     x1, y1, x2, y2 = np.clip(np.round(box).astype(int), 0, [width - 1, height - 1] * 2)
-    colour = TRAIN_ID_COLOURS[int(cls) + labels.THING_TRAIN_ID_OFFSET]
-    out[y1 : y1 + 2, x1 : x2 + 1] = colour
-    out[max(y2 - 1, 0) : y2 + 1, x1 : x2 + 1] = colour
-    out[y1 : y2 + 1, x1 : x1 + 2] = colour
-    out[y1 : y2 + 1, max(x2 - 1, 0) : x2 + 1] = colour
-  return out
+    colour = tuple(int(v) for v in TRAIN_ID_COLOURS[int(cls) + labels.THING_TRAIN_ID_OFFSET])
+    draw.rectangle((x1, y1, x2, y2), outline=colour, width=BOX_LINE_WIDTH)
+    text = f"{class_names[int(cls) - 1]} {float(score):.2f}"
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    text_w, text_h = right - left + 2, bottom - top + 2
+    # Above the box when it fits, else inside its top edge (boxes touching the image top).
+    ty = y1 - text_h if y1 - text_h >= 0 else y1 + BOX_LINE_WIDTH
+    tx = min(x1, max(width - text_w, 0))
+    draw.rectangle((tx, ty, tx + text_w - 1, ty + text_h - 1), fill=colour)
+    # Black text on light class colours, white on dark ones, so every label stays legible.
+    luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+    ink = (0, 0, 0) if luminance > 150 else (255, 255, 255)
+    draw.text((tx + 1 - left, ty + 1 - top), text, fill=ink, font=font)
+  return np.array(picture)  # writable, unlike np.asarray of a PIL image
 
 
 def semantic_overlay(image_hxwx3: np.ndarray, labels_hxw: np.ndarray, alpha=0.5) -> np.ndarray:

@@ -1,0 +1,218 @@
+"""segrpn_jax.predict on a folder of mixed image files with a tiny 2-step run: the command (in
+process), its files, and its numbers against api.predict on the same resized inputs."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from PIL import Image
+
+from segrpn_jax import api, predict, train
+from segrpn_jax.datasets import labels
+from segrpn_jax.pretrained import PIXEL_MEAN, PIXEL_STD
+from tests.train_config import tiny_train_config
+
+BATCH_SIZE = 2  # the batch size of the run's evaluation: api.predict is compiled once for both
+
+# name -> (width, height) of the readable test images; sorted order gives ids 1..7.
+SIZES = {
+  "a_rgb.png": (150, 100),
+  "b_gray.png": (320, 240),
+  "c_rgba.png": (200, 260),
+  "d_16bit.png": (257, 129),
+  "e_photo.jpg": (640, 480),
+  "g_palette.png": (90, 130),
+  "h_large.png": (1300, 900),
+}
+BROKEN = "f_broken.png"
+
+
+def _scene(width, height, seed):
+  """A street-like picture: a road-grey lower half, a sky-blue top and a few coloured blocks."""
+  rng = np.random.default_rng(seed)
+  image = np.zeros((height, width, 3), np.uint8)
+  image[: height // 2] = (70, 130, 180)
+  image[height // 2 :] = (128, 64, 128)
+  for _ in range(3):
+    x, y = rng.integers(0, width // 2), rng.integers(height // 3, height // 2 + 1)
+    image[y : y + height // 4, x : x + width // 6] = rng.integers(0, 256, 3)
+  return image
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A 2-step tiny run (tests/test_train.py's pattern)."""
+  config = tiny_train_config(str(tmp_path_factory.mktemp("tfds")))
+  # The run's evaluation draws no TensorBoard pictures: they are not what is tested here.
+  config.eval.num_image_summaries = 0
+  # Keep every box of the barely trained model, so the box checks below have boxes to check.
+  config.model.roi.score_threshold = 0.0
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("images")
+  for seed, (name, (width, height)) in enumerate(SIZES.items()):
+    rgb = _scene(width, height, seed)
+    if name == "b_gray.png":
+      Image.fromarray(rgb).convert("L").save(folder / name)
+    elif name == "c_rgba.png":
+      Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(folder / name)
+    elif name == "d_16bit.png":
+      gray16 = np.linspace(0, 65535, width * height).reshape(height, width).astype(np.uint16)
+      Image.fromarray(gray16).save(folder / name)
+    elif name == "g_palette.png":
+      Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(
+        folder / name
+      )
+    else:
+      Image.fromarray(rgb).save(folder / name, quality=90)
+  (folder / BROKEN).write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+  (folder / "notes.txt").write_text("not an image; ignored by extension")
+  return folder
+
+
+@pytest.fixture(scope="module")
+def predicted(run, image_dir, tmp_path_factory):
+  """The command run in process; it must fail (status 1) because of the broken file."""
+  output = tmp_path_factory.mktemp("out")
+  argv = ["predict", f"--workdir={run}", f"--input={image_dir}", f"--output={output}",
+          f"--batch-size={BATCH_SIZE}"]  # fmt: skip
+  flag_values = flags.FlagValues()
+  predict.define_flags(flag_values)
+  flag_values(argv)
+  with pytest.raises(SystemExit) as exit_info:
+    predict.main(argv[:1], flag_values)
+  return output, exit_info.value.code
+
+
+def test_load_image_makes_8_bit_rgb_of_every_mode(image_dir):
+  for name, (width, height) in SIZES.items():
+    rgb = predict.load_image(str(image_dir / name))
+    assert rgb.shape == (height, width, 3) and rgb.dtype == np.uint8, name
+  gray16 = np.asarray(Image.open(image_dir / "d_16bit.png")).astype(np.int64)
+  rgb16 = predict.load_image(str(image_dir / "d_16bit.png"))
+  np.testing.assert_array_equal(rgb16[..., 1], gray16 >> 8)  # by the 16-bit range, not the max
+  assert rgb16[-1, -1, 0] == 255 and rgb16[0, 0, 0] == 0
+  dark = np.full((4, 4), 1000, np.uint16)  # a dark 16-bit image stays dark
+  Image.fromarray(dark).save(image_dir.parent / "dark16.png")
+  assert predict.load_image(str(image_dir.parent / "dark16.png")).max() == 1000 >> 8
+  rgba = predict.load_image(str(image_dir / "c_rgba.png"))
+  np.testing.assert_array_equal(rgba, _scene(200, 260, 2))  # alpha dropped, colours kept
+  with pytest.raises(OSError):  # Pillow: "Truncated File Read"
+    predict.load_image(str(image_dir / BROKEN))
+
+
+def test_preprocess_matches_the_input_pipeline_resize():
+  rgb = _scene(300, 170, 0)
+  expected = (tf.image.resize(rgb.astype(np.float32), (64, 128)).numpy() / 255.0 - PIXEL_MEAN) / (
+    PIXEL_STD
+  )
+  np.testing.assert_allclose(predict.preprocess(rgb, (64, 128)), expected, atol=1e-4)
+
+
+def test_train_id_to_label_id_lut_inverts_the_label_table():
+  lut = predict.train_id_to_label_id_lut()
+  forward = labels.label_id_to_train_id_lut()
+  for train_id in range(labels.NUM_TRAIN_IDS):
+    assert forward[lut[train_id]] == train_id
+  assert (lut[0], lut[8], lut[13], lut[18], lut[255]) == (
+    7,
+    21,
+    26,
+    33,
+    0,
+  )  # road, vegetation, car, bicycle
+
+
+def test_list_images_of_a_folder_a_glob_and_a_file(image_dir):
+  paths, root = predict.list_images(str(image_dir))
+  assert [os.path.basename(p) for p in paths] == sorted([*SIZES, BROKEN])
+  assert root == str(image_dir)
+  paths, _ = predict.list_images(str(image_dir / "*.jpg"))
+  assert [os.path.basename(p) for p in paths] == ["e_photo.jpg"]
+  assert predict.list_images(str(image_dir / "a_rgb.png")) == ([str(image_dir / "a_rgb.png")],
+                                                               str(image_dir))  # fmt: skip
+  with pytest.raises(FileNotFoundError, match=r"names no image files"):
+    predict.list_images(str(image_dir / "*.tif"))
+  with pytest.raises(ValueError, match=r"a\.png.*a\.jpg|a\.jpg.*a\.png"):
+    predict.relative_names(["x/a.jpg", "x/a.png"], "x")
+
+
+def test_the_broken_file_fails_the_command_after_every_other_image(predicted):
+  output, code = predicted
+  assert isinstance(code, str)  # SystemExit with a message: exit status 1
+  assert BROKEN in code and "1 of 8 images could not be read" in code
+  with open(output / "images.json") as f:
+    images = json.load(f)
+  ids = {entry["file_name"]: entry["id"] for entry in images}
+  assert ids == {name: i + 1 + (name > BROKEN) for i, name in enumerate(sorted(SIZES))}
+  for entry in images:
+    width, height = SIZES[entry["file_name"]]
+    assert (entry["width"], entry["height"]) == (width, height)
+    stem = os.path.splitext(entry["file_name"])[0]
+    for folder, suffix in (("semantic", "_labelIds"), ("foreground", "")):
+      with Image.open(output / folder / f"{stem}{suffix}.png") as png:
+        assert png.size == (width, height) and png.mode == "L", (folder, stem)
+    with Image.open(output / "vis" / f"{stem}.png") as vis:
+      assert vis.size == (2 * width, height)  # detections beside the semantic overlay
+  assert not list((output / "semantic").glob("f_broken*"))
+
+
+def test_label_ids_are_evaluated_cityscapes_classes(predicted):
+  output, _ = predicted
+  evaluated = {label.id for label in labels.LABELS if 0 <= label.train_id < labels.IGNORE_LABEL}
+  seen = set()
+  for path in (output / "semantic").glob("*_labelIds.png"):
+    seen |= set(np.unique(np.asarray(Image.open(path))).tolist())
+  assert seen and seen <= evaluated
+
+
+def test_boxes_are_api_predict_boxes_scaled_to_each_image(run, image_dir, predicted):
+  output, _ = predicted
+  with open(output / "images.json") as f:
+    images = {entry["id"]: entry for entry in json.load(f)}
+  with open(output / "detections.json") as f:
+    detections = json.load(f)
+  config, model, variables = api.load(run)
+  net_h, net_w = config.data.image_size
+  checked = 0
+  for image_id, entry in images.items():
+    width, height = entry["width"], entry["height"]
+    mine = [d for d in detections if d["image_id"] == image_id]
+    for d in mine:
+      x, y, w, h = d["bbox"]
+      assert 0 <= x <= x + w <= width and 0 <= y <= y + h <= height, d
+      assert 1 <= d["category_id"] <= labels.NUM_THING_CLASSES and 0 <= d["score"] <= 1
+    # The same resized input, alone in a zero-padded batch, through api.predict.
+    rgb = predict.load_image(str(image_dir / entry["file_name"]))
+    batch = np.zeros((BATCH_SIZE, net_h, net_w, 3), np.float32)
+    batch[0] = predict.preprocess(rgb, (net_h, net_w))
+    det = api.predict(model, variables, jnp.asarray(batch))["detections"]
+    valid = np.asarray(det["valid"][0])
+    boxes = np.asarray(det["boxes"][0])[valid] * np.array([width / net_w, height / net_h] * 2)
+    boxes = np.clip(boxes, 0, [width, height, width, height])
+    got = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in mine)])
+    assert len(got) == len(boxes)
+    if len(got):
+      np.testing.assert_allclose(got, boxes, rtol=1e-5, atol=1e-3)
+      np.testing.assert_allclose([d["score"] for d in mine], np.asarray(det["scores"][0])[valid],
+                                 rtol=1e-5)  # fmt: skip
+      checked += len(got)
+  assert checked > 0, "the tiny run should detect something to compare"
+
+
+def test_a_workdir_without_a_run_is_one_readable_error(tmp_path, image_dir):
+  argv = ["predict", f"--workdir={tmp_path}", f"--input={image_dir}", f"--output={tmp_path}/o"]
+  flag_values = flags.FlagValues()
+  predict.define_flags(flag_values)
+  flag_values(argv)
+  with pytest.raises(SystemExit, match=r"--workdir .* cannot be used: .*config\.json not found"):
+    predict.main(argv[:1], flag_values)
