@@ -207,8 +207,9 @@ def for_evaluation(
   """The config to evaluate the run in `workdir` with: the run's own, plus evaluation-time keys.
 
   The run's config.json is the base. From `cli_config` only EVAL_KEYS are taken (data_dir,
-  manual_dir, eval_split, the eval group, model.fusion.inference). A model key, the image size
-  or the dataset that differs from the run's is refused (the checkpoint would not fit, or the
+  manual_dir, eval_split, the eval group, model.fusion.inference). A model key (other than
+  model.pretrained, which only matters for a fresh init), the image size or the dataset that
+  differs from the run's is refused (the checkpoint would not fit, or the
   numbers would not be the run's). Every other differing key (e.g. train.num_steps of a run
   started with an override) is taken from the run's config silently; keys the run's config
   lacks (written by an older version) come from `cli_config`. Reads only; writes nothing.
@@ -225,7 +226,7 @@ def for_evaluation(
     WorkdirError: naming each refused key with both values, and the fix.
   """
   saved = checkpointing.load_config(workdir)
-  diffs = differences(saved, cli_config, STATE_KEYS, EVAL_KEYS)
+  diffs = differences(saved, cli_config, STATE_KEYS, STATE_FREE_KEYS + EVAL_KEYS)
   diffs = [d for d in diffs if d[1] != _MISSING]
   if diffs:
     raise WorkdirError(
