@@ -157,8 +157,11 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes the run's config next to its checkpoints (read back by `api.load`)."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    path = os.path.join(workdir, CONFIG_FILE)
+    # Written aside and renamed: other processes may read it at the same time (check_workdir).
+    with open(path + ".tmp", "w") as f:
       f.write(config.to_json_best_effort(indent=2))
+    os.replace(path + ".tmp", path)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
