@@ -13,7 +13,12 @@ def get_config() -> ml_collections.ConfigDict:
   """Returns the default config: ResNet-50-FPN, case1, roi+rpn fusion, 512x1024, 96k steps."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # PRNG seed for parameters, sampling and data order
-  c.distributed = False  # several hosts: call jax.distributed.initialize() (cluster from env)
+  c.distributed = False  # several processes: call jax.distributed.initialize() at start
+  # The cluster of a distributed run; None = JAX's own detection from the environment (SLURM,
+  # Cloud TPU, Kubernetes...). By hand: every process gets the same address and count.
+  c.coordinator_address = ml_collections.config_dict.placeholder(str)  # "host:port" of process 0
+  c.num_processes = ml_collections.config_dict.placeholder(int)
+  c.process_id = ml_collections.config_dict.placeholder(int)  # 0 .. num_processes - 1
 
   c.data = d = ml_collections.ConfigDict()
   # TFDS name: cityscapes_instances or synthetic_streets[/config]

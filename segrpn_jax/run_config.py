@@ -5,12 +5,13 @@ one key does not hide a second one behind it, and nothing is built or written be
 is known to be usable.
 """
 
+import os
 from collections.abc import Callable
 
 import jax
 import ml_collections
 
-from segrpn_jax import input_pipeline, pretrained
+from segrpn_jax import checkpointing, input_pipeline, pretrained
 from segrpn_jax.models import resnet
 from segrpn_jax.models import rpn as rpn_lib
 from segrpn_jax.models.segrpn import DTYPES, resnet_depth
@@ -106,3 +107,142 @@ def validate(config: ml_collections.ConfigDict, check_files: bool = True) -> Non
   problems = [p for p in problems if p]
   if problems:
     raise ConfigError(problems)
+
+
+# Keys whose change alters what a checkpoint's arrays are (their shapes or what they mean): the
+# whole model, and the input the model was trained on. model.pretrained only matters for a fresh
+# init, and model.fusion.inference is chosen at inference time. The train group (schedule,
+# batch size, seed) is left free: extending num_steps or lowering the rate on resume is usual,
+# and neither changes the state's structure (optax's state depends only on the parameters).
+STATE_KEYS = ("model", "data.image_size", "data.dataset")
+STATE_FREE_KEYS = ("model.pretrained", "model.fusion.inference")
+# Keys an evaluation may take from the command line rather than from the run's config.json.
+EVAL_KEYS = (
+  "data.data_dir",
+  "data.manual_dir",
+  "data.eval_split",
+  "eval",
+  "model.fusion.inference",
+)
+_MISSING = "<missing>"
+
+
+class WorkdirError(ValueError):
+  """A config that does not belong to the run in a workdir; the message names each key."""
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+  return flat
+
+
+def _under(key: str, prefixes) -> bool:
+  return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def differences(
+  saved: ml_collections.ConfigDict,
+  new: ml_collections.ConfigDict,
+  keys,
+  exclude=(),
+) -> list[tuple[str, object, object]]:
+  """The leaf keys under `keys` (and not under `exclude`) whose values differ.
+
+  Args:
+    saved: a run's config (e.g. read back from config.json; JSON lists compare as tuples).
+    new: the config to compare with it.
+    keys: dotted key prefixes to compare, e.g. ("model", "data.image_size").
+    exclude: dotted key prefixes to skip.
+
+  Returns:
+    [(dotted key, saved value, new value)] in key order; a key only one config has shows
+    '<missing>' for the other.
+  """
+  a, b = _flatten(saved.to_dict()), _flatten(new.to_dict())
+  compared = (
+    (key, a.get(key, _MISSING), b.get(key, _MISSING))
+    for key in sorted(a.keys() | b.keys())
+    if _under(key, keys) and not _under(key, exclude)
+  )
+  return [(key, x, y) for key, x, y in compared if x != y]
+
+
+def _listing(diffs) -> str:
+  return "\n".join(f"  - config.{k}: {s!r} (saved) vs {n!r} (new)" for k, s, n in diffs)
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to train in a workdir whose run has another model, image size or dataset.
+
+  A workdir belongs to one run: its checkpoints only fit the config that wrote them (STATE_KEYS,
+  less STATE_FREE_KEYS). Reads workdir/config.json if it exists and writes nothing.
+
+  Args:
+    workdir: the run's folder.
+    config: the config training is about to start (or resume) with.
+
+  Raises:
+    WorkdirError: naming each differing key with its saved and new value, and the fix.
+  """
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  diffs = differences(checkpointing.load_config(workdir), config, STATE_KEYS, STATE_FREE_KEYS)
+  if diffs:
+    raise WorkdirError(
+      f"--workdir={workdir} belongs to a run with another config ({path}); its checkpoints "
+      f"would not fit this one. {len(diffs)} key(s) differ:\n{_listing(diffs)}\n"
+      "Train in a new --workdir, or resume this run with the config it was started with."
+    )
+
+
+def for_evaluation(
+  workdir: str, cli_config: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+  """The config to evaluate the run in `workdir` with: the run's own, plus evaluation-time keys.
+
+  The run's config.json is the base. From `cli_config` only EVAL_KEYS are taken (data_dir,
+  manual_dir, eval_split, the eval group, model.fusion.inference). A model key (other than
+  model.pretrained, which only matters for a fresh init), the image size or the dataset that
+  differs from the run's is refused (the checkpoint would not fit, or the
+  numbers would not be the run's). Every other differing key (e.g. train.num_steps of a run
+  started with an override) is taken from the run's config silently; keys the run's config
+  lacks (written by an older version) come from `cli_config`. Reads only; writes nothing.
+
+  Args:
+    workdir: the training run's folder (holds config.json).
+    cli_config: the config given on the command line.
+
+  Returns:
+    The merged config (a new ConfigDict); check it with `validate` before use.
+
+  Raises:
+    FileNotFoundError: workdir/config.json does not exist.
+    WorkdirError: naming each refused key with both values, and the fix.
+  """
+  saved = checkpointing.load_config(workdir)
+  diffs = differences(saved, cli_config, STATE_KEYS, STATE_FREE_KEYS + EVAL_KEYS)
+  diffs = [d for d in diffs if d[1] != _MISSING]
+  if diffs:
+    raise WorkdirError(
+      f"--mode=eval: the config differs from the run's own "
+      f"({os.path.join(workdir, checkpointing.CONFIG_FILE)}) in {len(diffs)} key(s) that "
+      f"evaluation cannot change:\n{_listing(diffs)}\n"
+      "Evaluate with the run's config (drop these overrides); only "
+      f"{', '.join('config.' + k for k in EVAL_KEYS)} may differ."
+    )
+  merged = saved.to_dict()
+  saved_keys = _flatten(merged).keys()
+  for key, value in _flatten(cli_config.to_dict()).items():
+    if _under(key, EVAL_KEYS) or key not in saved_keys:
+      node = merged
+      *parents, leaf = key.split(".")
+      for name in parents:
+        node = node.setdefault(name, {})
+      node[leaf] = value
+  return ml_collections.ConfigDict(merged)

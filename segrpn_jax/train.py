@@ -109,15 +109,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     The metrics of the final evaluation.
   """
   run_config.validate(config)
+  # Before anything is written: a workdir of another run is refused and left as it is.
+  run_config.check_workdir(workdir, config)
   checkpointing.save_config(workdir, config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  manager = checkpointing.create_manager(workdir, config)
+  try:
+    return _train_and_evaluate(config, workdir, writer, manager)
+  finally:
+    # The last save lands even when training stops on an error, and the asynchronous
+    # checkpointer's threads end here rather than at interpreter exit (where they fail noisily).
+    manager.wait_until_finished()
+    manager.close()
+
+
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, writer: metric_writers.MetricWriter, manager
+) -> dict:
+  """The body of train_and_evaluate, once the workdir is known to be this run's."""
   mesh = parallel.make_mesh()
   replicated = parallel.replicated(mesh)
   data_sharding = parallel.data_sharding(mesh)
   logging.info("Devices: %s", jax.devices())
 
   model = state_lib.create_model(config)
-  manager = checkpointing.create_manager(workdir, config)
   state, step = state_lib.restore_state(config, manager, mesh)
   if state is None:
     # Eager: init_variables jits the model init itself and merges pretrained weights on the host
@@ -129,6 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.write_hparams(_flat_hparams(config))
   else:
     logging.info("Resumed from the checkpoint of step %d.", step)
+    # Newer steps are ones restore found damaged; this run writes them again.
+    checkpointing.set_aside_newer(manager, workdir, step)
   state_sharding = jax.tree.map(lambda _: replicated, state)
 
   p_train_step = jax.jit(
@@ -149,37 +166,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   history: list[dict] = []
   pending = None  # (step, metrics) of the last dispatched step, read after the next dispatch
   results: dict = {}
-  try:
-    with metric_writers.ensure_flushes(writer):
-      while step < num_steps:
-        step += 1
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-          batch = parallel.shard_batch(next(train_iter), data_sharding, BATCH_KEYS)
-          state, metrics = p_train_step(state, batch)
-        if pending is not None:  # read the previous step's metrics while this one runs
-          history.append(jax.device_get(pending[1]))
-          _check_finite(history[-1], pending[0])
-        pending = (step, metrics)
-        for hook in hooks:
-          hook(step)
-        last = step == num_steps
-        log_now = step % config.train.log_every_steps == 0 or last
-        # A checkpoint is only written after its step's loss has been seen to be finite.
-        if log_now or last or manager.should_save(step):
-          history.append(jax.device_get(metrics))
-          _check_finite(history[-1], step)
-          pending = None
-          if log_now:
-            writer.write_scalars(step, {f"train/{k}": v for k, v in _mean_metrics(history).items()})
-            history = []
-        checkpointing.save(manager, step, state, force=last)
-        if step % config.train.eval_every_steps == 0 or last:
-          with report.timed("eval"):
-            results = evaluate.evaluate_variables(
-              config, model, state.variables(), eval_data, step=step, workdir=workdir, writer=writer
-            )
-  finally:
-    manager.wait_until_finished()  # the last save lands even when training stops on an error
+  with metric_writers.ensure_flushes(writer):
+    while step < num_steps:
+      step += 1
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        batch = parallel.shard_batch(next(train_iter), data_sharding, BATCH_KEYS)
+        state, metrics = p_train_step(state, batch)
+      if pending is not None:  # read the previous step's metrics while this one runs
+        history.append(jax.device_get(pending[1]))
+        _check_finite(history[-1], pending[0])
+      pending = (step, metrics)
+      for hook in hooks:
+        hook(step)
+      last = step == num_steps
+      log_now = step % config.train.log_every_steps == 0 or last
+      # A checkpoint is only written after its step's loss has been seen to be finite.
+      if log_now or last or manager.should_save(step):
+        history.append(jax.device_get(metrics))
+        _check_finite(history[-1], step)
+        pending = None
+        if log_now:
+          writer.write_scalars(step, {f"train/{k}": v for k, v in _mean_metrics(history).items()})
+          history = []
+      checkpointing.save(manager, step, state, force=last)
+      if step % config.train.eval_every_steps == 0 or last:
+        with report.timed("eval"):
+          results = evaluate.evaluate_variables(
+            config, model, state.variables(), eval_data, step=step, workdir=workdir, writer=writer
+          )
   return results
 
 

@@ -4,7 +4,10 @@ workdir, resuming after a crash, 1 vs 2 devices, and the non-finite loss guard."
 import functools
 import glob
 import json
+import logging
 import math
+import os
+import shutil
 
 import jax
 import numpy as np
@@ -163,3 +166,25 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
   with pytest.raises(FloatingPointError, match="at step 3"):
     train.train_and_evaluate(config, str(tmp_path))
   assert checkpointing.create_manager(str(tmp_path), config).latest_step() == 2
+
+
+def test_a_damaged_latest_checkpoint_costs_one_interval(trained, tmp_path, caplog):
+  config, workdir, _ = trained
+  damaged = str(tmp_path / "run")
+  shutil.copytree(workdir, damaged)
+  files = glob.glob(f"{damaged}/checkpoints/2/**/d/*", recursive=True)
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+  with caplog.at_level(logging.WARNING):
+    _, _, _, step = api.load_checkpoint(damaged)
+  assert step == 1
+  assert "checkpoint of step 2" in caplog.text and "cannot be read" in caplog.text
+  with pytest.raises(checkpointing.CheckpointError, match=r"step 2 .* cannot be read"):
+    api.load(damaged, step=2)  # an explicitly requested step is not replaced by another
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    train.train_and_evaluate(config, damaged)
+  assert "Resumed from the checkpoint of step 1" in caplog.text
+  assert os.listdir(f"{damaged}/damaged_checkpoints") == ["2"]  # set aside, not deleted
+  jax.tree.map(np.testing.assert_array_equal, api.load(damaged)[2], api.load(workdir)[2])
