@@ -96,6 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
   w.roi_box = 1.0
   w.semantic = 1.0  # semantic cross entropy
   w.class_agnostic = 1.0  # per-level class-agnostic BCE
+  w.class_agnostic_map = 1.0  # BCE of the stride-4 class-agnostic map (all levels, full res.)
 
   c.train = t = ml_collections.ConfigDict()
   t.batch_size = 1  # global batch over all devices and hosts

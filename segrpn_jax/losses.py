@@ -12,6 +12,9 @@ Every normalisation follows detectron2 where it has one:
     size (detectron2's SemSegFPNHead), mean over the pixels whose label is not 255.
   Class-agnostic: per level, BCE against ops.scale.class_agnostic_targets, mean over the cells
     of weight 1 (crowd cells are ignored); the 5 levels are averaged with equal weight.
+  Class-agnostic map: BCE of the stride-4 map logits bilinearly upsampled to the input size
+    (as the semantic loss) against the full-resolution foreground (`foreground_target`), mean
+    over the pixels that are not ignored.
 
 Which predictions each RPN loss sees under a train fusion: RPN_det's loss uses the fused
 objectness logits and the deltas that make the proposals (`outputs['rpn_det']`), so with `roi`
@@ -21,7 +24,8 @@ fusion its gradient also reaches RPN_mask; RPN_mask's loss uses RPN_mask's own l
 total = loss.rpn_det * (rpn_det/objectness + rpn_det/box)
       + loss.rpn_mask * (rpn_mask/objectness + rpn_mask/box)
       + loss.roi_cls * roi/cls + loss.roi_box * roi/box
-      + loss.semantic * semantic + loss.class_agnostic * class_agnostic,
+      + loss.semantic * semantic + loss.class_agnostic * class_agnostic
+      + loss.class_agnostic_map * class_agnostic_map,
 with the terms of absent branches left out. Everything is computed in float32.
 """
 
@@ -136,6 +140,57 @@ def class_agnostic_loss(logits_by_level, batch: dict, config: ml_collections.Con
   return jnp.mean(jnp.stack(per_level))
 
 
+def foreground_target(
+  instance_map_bxhxw: jax.Array,
+  valid_bxn: jax.Array,
+  crowd_bxhxw: jax.Array,
+  semantic_bxhxw: jax.Array,
+  ignore_label: int = 255,
+) -> tuple[jax.Array, jax.Array]:
+  """The full-resolution binary target of the class-agnostic map.
+
+  Args:
+    instance_map_bxhxw: [B, H, W] int; k >= 1 is the instance of box k - 1, 0 none.
+    valid_bxn: [B, N] bool; an invalid (padding) instance is not foreground, as in
+      ops.scale.class_agnostic_targets.
+    crowd_bxhxw: [B, H, W] bool crowd/group regions (thing pixels without an instance).
+    semantic_bxhxw: [B, H, W] int semantic labels.
+    ignore_label: the semantic label of unlabelled pixels.
+
+  Returns:
+    (target, weight), both float32 [B, H, W]: target 1 on the pixels of valid instances
+    (things), 0 elsewhere (stuff); weight 0 on crowd and unlabelled pixels unless they are
+    foreground (foreground wins, as in the per-level targets), 1 elsewhere.
+  """
+  b = valid_bxn.shape[0]
+  # Row k of the table: is instance id k a valid instance? Id 0 (no instance) never is.
+  table = jnp.concatenate([jnp.zeros((b, 1), bool), valid_bxn.astype(bool)], axis=1)
+  foreground = jax.vmap(lambda t, ids: t[ids])(table, instance_map_bxhxw)
+  ignore = (crowd_bxhxw.astype(bool) | (semantic_bxhxw == ignore_label)) & ~foreground
+  return foreground.astype(jnp.float32), (~ignore).astype(jnp.float32)
+
+
+def class_agnostic_map_loss(logits_bxhxw: jax.Array, batch: dict) -> jax.Array:
+  """BCE of the stride-4 class-agnostic map, upsampled to the input, against the foreground.
+
+  Args:
+    logits_bxhxw: [B, h, w] logits (stride 4).
+    batch: the batch (instance_map, valid, crowd, semantic).
+
+  Returns:
+    scalar: sum of BCE over the non-ignored pixels / max(their count, 1).
+  """
+  target, weight = foreground_target(
+    batch["instance_map"], batch["valid"], batch["crowd"], batch["semantic"]
+  )
+  b, height, width = target.shape
+  logits = jax.image.resize(
+    logits_bxhxw.astype(jnp.float32), (b, height, width), "bilinear"
+  )  # half-pixel centres, like the semantic loss
+  bce = optax.sigmoid_binary_cross_entropy(logits, target)
+  return jnp.sum(weight * bce) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
 def segrpn_loss(outputs: dict, batch: dict, config: ml_collections.ConfigDict):
   """The weighted total loss and its parts.
 
@@ -146,10 +201,11 @@ def segrpn_loss(outputs: dict, batch: dict, config: ml_collections.ConfigDict):
 
   Returns:
     (total, parts): parts holds every unweighted term (keys rpn_det/objectness, rpn_det/box,
-    rpn_mask/objectness, rpn_mask/box, roi/cls, roi/box, semantic, class_agnostic - those of
-    the branches the model has) and the diagnostic fg_roi_fraction: foreground (IoU >= 0.5 with
-    a valid ground truth) proposals among the valid proposals kept after NMS, before the
-    ground truth is appended and ROIs are sampled (the paper's Fig. 6), over the whole batch.
+    rpn_mask/objectness, rpn_mask/box, roi/cls, roi/box, semantic, class_agnostic,
+    class_agnostic_map - those of the branches the model has) and the diagnostic
+    fg_roi_fraction: foreground (IoU >= 0.5 with a valid ground truth) proposals among the
+    valid proposals kept after NMS, before the ground truth is appended and ROIs are sampled
+    (the paper's Fig. 6), over the whole batch.
   """
   w, m = config.loss, config.model
   parts = {}
@@ -168,6 +224,11 @@ def segrpn_loss(outputs: dict, batch: dict, config: ml_collections.ConfigDict):
   if "class_agnostic_logits" in outputs:
     parts["class_agnostic"] = class_agnostic_loss(outputs["class_agnostic_logits"], batch, config)
     total = total + w.class_agnostic * parts["class_agnostic"]
+  if "class_agnostic_map_logits" in outputs:
+    parts["class_agnostic_map"] = class_agnostic_map_loss(
+      outputs["class_agnostic_map_logits"], batch
+    )
+    total = total + w.class_agnostic_map * parts["class_agnostic_map"]
   roi = outputs["roi"]
   parts["fg_roi_fraction"] = jnp.sum(roi["num_fg_proposals"]) / jnp.maximum(
     jnp.sum(roi["num_valid_proposals"]), 1.0

@@ -3,10 +3,11 @@
 SGD with momentum 0.9 and weight decay 1e-4, a linear warm-up from 0.0003 to 0.001 over the
 first 500 steps, then the rate divided by 10 at 60k and 80k steps. Parameters of frozen
 backbone stages (config.model.freeze_at) get no update at all: not the gradient, not the
-weight decay, not the momentum.
+weight decay, not the momentum. Normalisation parameters (GroupNorm / BatchNorm / LayerNorm
+scale and bias) get no weight decay, as in detectron2 (WEIGHT_DECAY_NORM = 0).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -40,9 +41,67 @@ def _path_names(path) -> Path:
   return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
-def is_norm_param(path: Path) -> bool:
-  """Normalisation scales and offsets, which detectron2 keeps out of weight decay."""
-  return any(("norm" in p.lower() or p.lower().startswith(("bn", "gn"))) for p in path[:-1])
+# The parameters of flax's normalisation layers (GroupNorm, BatchNorm, LayerNorm, RMSNorm).
+_NORM_LEAVES = frozenset({"scale", "bias"})
+
+
+def _is_norm_module(module_params: Mapping) -> bool:
+  """Whether a module's own parameter dict is a normalisation layer's.
+
+  Decided by structure, not by the module's name (ResNet's shortcut norm is 'downsample_bn',
+  the heads' are 'GroupNorm_0'): a normalisation layer holds only a per-channel scale and/or
+  bias; every conv and dense layer holds a 'kernel'.
+  """
+  leaves = [v for v in module_params.values() if not isinstance(v, Mapping)]
+  return (
+    bool(leaves)
+    and len(leaves) == len(module_params)
+    and set(module_params) <= _NORM_LEAVES
+    and all(len(getattr(v, "shape", ())) == 1 for v in leaves)
+  )
+
+
+def norm_modules(params) -> frozenset[Path]:
+  """The paths of the normalisation layers in a parameter tree (see `_is_norm_module`).
+
+  Args:
+    params: the parameter tree (nested dicts of arrays or ShapeDtypeStructs).
+
+  Returns:
+    The set of module paths (tuples of names) whose parameters are kept out of weight decay.
+  """
+  found = set()
+
+  def walk(node, path: Path):
+    if _is_norm_module(node):
+      found.add(path)
+    for key, value in node.items():
+      if isinstance(value, Mapping):
+        walk(value, (*path, str(key)))
+
+  walk(params, ())
+  return frozenset(found)
+
+
+def param_labels(params, is_frozen: Callable[[Path], bool]):
+  """The optimizer label of every parameter: 'frozen', 'no_decay' (norms) or 'decay'.
+
+  Args:
+    params: the parameter tree.
+    is_frozen: path of a parameter (tuple of names) -> True when it must never change.
+
+  Returns:
+    A tree of labels with the structure of `params`.
+  """
+  norms = norm_modules(params)
+
+  def label(path, _):
+    names = _path_names(path)
+    if is_frozen(names):
+      return "frozen"
+    return "no_decay" if names[:-1] in norms else "decay"
+
+  return jax.tree_util.tree_map_with_path(label, params)
 
 
 def create_optimizer(
@@ -62,13 +121,7 @@ def create_optimizer(
   """
   schedule = learning_rate_schedule(config)
 
-  def label(path, _):
-    names = _path_names(path)
-    if is_frozen(names):
-      return "frozen"
-    return "no_decay" if is_norm_param(names) else "decay"
-
-  labels = jax.tree_util.tree_map_with_path(label, params)
+  labels = param_labels(params, is_frozen)
   sgd = optax.sgd(schedule, momentum=config.momentum)
   tx = optax.multi_transform(
     {

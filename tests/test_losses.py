@@ -144,6 +144,35 @@ def test_class_agnostic_loss_case1_targets_only_the_member_level():
   np.testing.assert_allclose(got, np.mean(per_level), rtol=1e-5)
 
 
+def test_class_agnostic_map_loss_upsamples_logits_against_the_foreground():
+  # 8x8 image: a valid instance in the top-left quarter, pixels of an invalid (padding) id,
+  # a crowd corner, an unlabelled strip, and one crowd pixel inside the instance.
+  rs = np.random.RandomState(5)
+  logits = rs.randn(1, 2, 2).astype(np.float32)  # stride 4 of 8x8
+  instance_map = np.zeros((1, 8, 8), np.int32)
+  instance_map[0, :4, :4] = 1
+  instance_map[0, 4:6, :2] = 2  # valid False: background, as on the per-level targets
+  crowd = np.zeros((1, 8, 8), bool)
+  crowd[0, 6:, 6:] = True
+  crowd[0, 3, 3] = True  # foreground wins over crowd
+  semantic = np.zeros((1, 8, 8), np.int32)
+  semantic[0, 0, 4:] = 255
+  batch = {
+    "instance_map": instance_map,
+    "valid": np.array([[True, False]]),
+    "crowd": crowd,
+    "semantic": semantic,
+  }
+  target, weight = jax.device_get(
+    losses.foreground_target(instance_map, batch["valid"], crowd, semantic)
+  )
+  assert target.sum() == 16 and target[0, :4, :4].all()
+  assert weight.sum() == 64 - 4 - 4 and weight[0, 3, 3] == 1  # 4 crowd + 4 unlabelled ignored
+  up = np.einsum("yh,xw,bhw->byx", bilinear_1d(2, 8), bilinear_1d(2, 8), logits)
+  expected = (weight * bce(up, target)).sum() / weight.sum()
+  np.testing.assert_allclose(losses.class_agnostic_map_loss(logits, batch), expected, rtol=1e-5)
+
+
 def fake_outputs(with_mask=True, with_semantic=True):
   """Outputs of a training forward; with_mask False is the baseline (no RPN_mask, no
   class-agnostic module)."""
@@ -165,6 +194,7 @@ def fake_outputs(with_mask=True, with_semantic=True):
     out["rpn_mask"] = mask
     out["class_agnostic_logits"] = [np.zeros((2, 16 // s, 16 // s), np.float32) for s in (4, 8)]
     out["class_agnostic_logits"] += [np.zeros((2, 1, 1), np.float32)] * 3
+    out["class_agnostic_map_logits"] = np.zeros((2, 4, 4), np.float32)
   return out
 
 
@@ -183,7 +213,7 @@ def test_segrpn_loss_weights_every_part():
   config.model.rpn.batch_size_per_image = 4
   w = config.loss
   weights = {"rpn_det": 1.0, "rpn_mask": 0.5, "roi_cls": 2.0, "roi_box": 3.0}
-  weights.update(semantic=0.25, class_agnostic=4.0)
+  weights.update(semantic=0.25, class_agnostic=4.0, class_agnostic_map=5.0)
   w.update(weights)
   total, parts = losses.segrpn_loss(fake_outputs(), fake_batch(), config)
   parts = jax.device_get(parts)
@@ -194,10 +224,12 @@ def test_segrpn_loss_weights_every_part():
     + 3.0 * parts["roi/box"]
     + 0.25 * parts["semantic"]
     + 4.0 * parts["class_agnostic"]
+    + 5.0 * parts["class_agnostic_map"]
   )
   np.testing.assert_allclose(total, expected, rtol=1e-6)
   assert parts["rpn_mask/objectness"] != pytest.approx(parts["rpn_det/objectness"])
   np.testing.assert_allclose(parts["class_agnostic"], np.log(2), rtol=1e-6)  # logits 0, no fg
+  np.testing.assert_allclose(parts["class_agnostic_map"], np.log(2), rtol=1e-6)
   np.testing.assert_allclose(parts["fg_roi_fraction"], 4 / 16, rtol=1e-6)
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from segrpn_jax import api, losses, pretrained
-from segrpn_jax.models import roi_heads, seg_heads
+from segrpn_jax import api, losses, optim, pretrained
+from segrpn_jax.models import fpn, roi_heads, rpn, seg_heads
 from segrpn_jax.models.segrpn import SegRPN
 from segrpn_jax.ops import boxes as box_ops
 
@@ -85,7 +85,11 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def inference(tiny):
-  """Inference of two images (the hand-made one and noise) under every fusion, and rpn_maps."""
+  """Inference of two images (the hand-made one and noise) under every fusion, and rpn_maps.
+
+  Returns (images, full, logits, maps, none, multi): full and none are __call__ under
+  config.model.fusion.inference (roi+rpn) and 'none', multi is predict_fusions of both.
+  """
   _, model, variables = tiny
   noise = np.random.RandomState(1).randn(1, H, W, 3).astype(np.float32)
   images = np.concatenate([hand_batch()["image"], noise])
@@ -96,10 +100,12 @@ def inference(tiny):
     logits = {
       f: model.apply(variables, images, train=False, fusion=f)["rpn_logits"] for f in FUSIONS
     }
-    return full, logits, model.apply(variables, images, method=SegRPN.rpn_maps)
+    none = model.apply(variables, images, train=False, fusion="none")
+    multi = model.apply(variables, images, ("roi+rpn", "none"), method=SegRPN.predict_fusions)
+    return full, logits, model.apply(variables, images, method=SegRPN.rpn_maps), none, multi
 
-  full, logits, maps = jax.device_get(run(variables, images))
-  return images, full, logits, maps
+  full, logits, maps, none, multi = jax.device_get(run(variables, images))
+  return images, full, logits, maps, none, multi
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +143,13 @@ def overfit(tiny):
 
 
 def test_tiny_inference_shapes_and_ranges(inference):
-  _, full, _, _ = inference
+  _, full, _, _, _, _ = inference
   det, prop = full["detections"], full["proposals"]
   assert det["boxes"].shape == (2, 100, 4) and det["valid"].shape == (2, 100)
   assert prop["boxes"].shape == (2, 100, 4) and prop["scores"].shape == (2, 100)
   assert full["semantic_logits"].shape == (2, H // 4, W // 4, 19)
-  assert full["semantic_labels"].shape == (2, H, W) and full["foreground_prob"].shape == (2, H, W)
+  assert full["semantic_labels"].shape == (2, H, W)
+  assert full["semantic_foreground_prob"].shape == (2, H, W)
   assert [x.shape[1:] for x in full["class_agnostic_logits"]] == LEVEL_SHAPES
   assert full["rpn_logits"].shape == (2, NUM_ANCHORS)
   for i in range(2):
@@ -158,18 +165,59 @@ def test_tiny_inference_shapes_and_ranges(inference):
     assert np.all(np.isin(prop["logits"][i][valid], full["rpn_logits"][i]))
     np.testing.assert_allclose(prop["scores"][i], 1 / (1 + np.exp(-prop["logits"][i])), rtol=1e-5)
   assert full["semantic_labels"].min() >= 0 and full["semantic_labels"].max() < 19
-  for key in ("foreground_prob", "class_agnostic_prob"):
+  for key in ("semantic_foreground_prob", "class_agnostic_prob"):
     assert full[key].shape == (2, H, W)
     assert np.all((full[key] >= -1e-6) & (full[key] <= 1 + 1e-6)), key
-  # mIoU*'s map is the semantic head's total thing probability (trainIds 11..18) at input size;
-  # the class-agnostic map is the max over levels of the upsampled level probabilities.
+  # The semantic head's binary map is its total thing probability (trainIds 11..18) at input
+  # size.
   probs = jax.nn.softmax(seg_heads.resize_bilinear(jnp.asarray(full["semantic_logits"]), H, W))
-  np.testing.assert_allclose(full["foreground_prob"], probs[..., 11:].sum(-1), atol=1e-5)
-  level_probs = [
-    seg_heads.resize_bilinear(jax.nn.sigmoid(jnp.asarray(x))[..., None], H, W)[..., 0]
-    for x in full["class_agnostic_logits"]
-  ]
-  np.testing.assert_allclose(full["class_agnostic_prob"], np.max(level_probs, axis=0), atol=1e-6)
+  np.testing.assert_allclose(full["semantic_foreground_prob"], probs[..., 11:].sum(-1), atol=1e-5)
+
+
+def test_class_agnostic_prob_is_the_upsampled_stride4_map(inference, overfit):
+  _, full, _, _, _, _ = inference
+  # Step 0 of the overfit run is a training forward of image 0 with the same initial variables
+  # (GroupNorm: train and inference agree), so its stride-4 map logits are inference's.
+  map_logits = overfit["outputs"]["class_agnostic_map_logits"]
+  assert map_logits.shape == (1, H // 4, W // 4)
+  up = seg_heads.resize_bilinear(jnp.asarray(map_logits)[..., None], H, W)[..., 0]
+  np.testing.assert_allclose(full["class_agnostic_prob"][:1], jax.nn.sigmoid(up), atol=1e-5)
+  assert 0 < overfit["parts"]["class_agnostic_map"] < 1  # BCE of logits ~ 0: about log 2
+
+
+def test_predict_fusions_matches_separate_calls(inference):
+  _, full, _, _, none, multi = inference
+  assert set(multi) == {
+    "fusions",
+    "semantic_logits",
+    "semantic_labels",
+    "semantic_foreground_prob",
+    "class_agnostic_logits",
+    "class_agnostic_prob",
+  }
+  assert set(multi["fusions"]) == {"roi+rpn", "none"}
+  for fusion, single in (("roi+rpn", full), ("none", none)):
+    got = multi["fusions"][fusion]
+    assert set(got) == {"detections", "proposals"}
+    for key in ("detections", "proposals"):
+      jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), got[key], single[key]
+      )
+  # The fusions differ (the test is not vacuous) and the shared outputs are __call__'s.
+  assert not np.allclose(full["proposals"]["logits"], none["proposals"]["logits"])
+  for key in set(multi) - {"fusions"}:
+    jax.tree.map(
+      functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), multi[key], full[key]
+    )
+
+
+def test_inference_fusions():
+  assert rpn.inference_fusions("roi+rpn") == ("roi+rpn", "roi", "rpn", "none")
+  assert rpn.inference_fusions("roi") == ("roi", "none")
+  assert rpn.inference_fusions("rpn") == ("rpn", "none")
+  assert rpn.inference_fusions("none") == ("none",)
+  with pytest.raises(ValueError, match="'rnp'"):
+    rpn.inference_fusions("rnp")
 
 
 def test_api_predict_and_rpn_maps_shapes(tiny):
@@ -182,11 +230,11 @@ def test_api_predict_and_rpn_maps_shapes(tiny):
     "semantic_logits",
     "semantic_labels",
     "class_agnostic_logits",
-    "foreground_prob",
+    "semantic_foreground_prob",
     "class_agnostic_prob",
   }
   maps = jax.eval_shape(functools.partial(api.rpn_maps, model), variables, images)
-  assert list(maps) == ["P2", "P3", "P4", "P5", "P6"]
+  assert list(maps) == ["P2", "P3", "P4", "P5", "P6"] == list(fpn.LEVELS)
   for (h, w), level in zip(LEVEL_SHAPES, maps.values(), strict=True):
     assert level["rpn_det_features"].shape == (1, h, w, 32)
     assert level["rpn_mask_objectness"].shape == (1, h, w, 3)
@@ -199,7 +247,7 @@ def _flat(maps, key):
 
 def test_inference_fusions_match_the_per_level_maps(tiny, inference):
   _, _, variables = tiny
-  _, full, logits, maps = inference
+  _, full, logits, maps, _, _ = inference
   det, mask = _flat(maps, "rpn_det_logits"), _flat(maps, "rpn_mask_logits")
   # rpn: RPN_det's objectness 1x1 conv on F_det + F_det * F_mask, computed here in NumPy.
   head = variables["params"]["rpn_det"]["objectness"]
@@ -227,7 +275,7 @@ def test_inference_fusions_match_the_per_level_maps(tiny, inference):
 
 
 def test_train_fusion_feeds_rpn_det_loss_and_rpn_mask_keeps_its_own(inference, overfit):
-  _, _, _, maps = inference
+  _, _, _, maps, _, _ = inference
   out = overfit["outputs"]  # step 0: the initial variables, config fusion.train = roi+rpn
   expected_det = np.concatenate(
     [
@@ -284,6 +332,9 @@ def test_gradients_reach_both_rpns_and_both_segmentation_heads(overfit):
   grads = overfit["grads"]
   for name in ("rpn_det", "rpn_mask", "semantic_head", "class_agnostic", "box_head", "fpn"):
     assert _norm(grads[name]) > 1e-6, name
+  # The stride-4 map's predictor and every level's projection into it learn.
+  for name in ("map_conv", "map_logit", *(f"{level}_prior" for level in fpn.LEVELS)):
+    assert _norm(grads["class_agnostic"][name]) > 1e-6, name
   assert _norm(grads["rpn_mask"]["deltas"]) > 0 and _norm(grads["rpn_det"]["deltas"]) > 0
   # freeze_at = 2: stem and res2 get no gradient, res5 does.
   backbone = grads["backbone"]
@@ -336,7 +387,9 @@ def test_resnet50_shapes_at_512x1024():
   assert out["proposals"]["boxes"].shape == (1, 1000, 4)
   assert out["semantic_logits"].shape == (1, 128, 256, 19)
   assert out["semantic_labels"].shape == (1, 512, 1024)
-  assert out["foreground_prob"].shape == (1, 512, 1024)
+  assert out["semantic_foreground_prob"].shape == (1, 512, 1024)
+  assert out["class_agnostic_prob"].shape == (1, 512, 1024)
+  assert train_out["class_agnostic_map_logits"].shape == (1, 128, 256)
   assert [x.shape for x in out["class_agnostic_logits"]] == [
     (1, 128, 256),
     (1, 64, 128),
@@ -351,7 +404,7 @@ def test_resnet50_shapes_at_512x1024():
   assert train_out["roi"]["cls_logits"].shape == (1, 512, 9)
   assert train_out["roi"]["deltas"].shape == (1, 512, 32)
   assert total.shape == () and total.dtype == jnp.float32
-  assert {"rpn_mask/objectness", "class_agnostic", "semantic", "roi/box"} <= set(parts)
+  assert {"rpn_mask/objectness", "class_agnostic", "class_agnostic_map", "semantic"} <= set(parts)
   assert variables["params"]["rpn_det"]["conv"]["kernel"].shape == (3, 3, 256, 256)
   assert variables["params"]["box_head"]["fc0"]["kernel"].shape == (7 * 7 * 256, 1024)
 
@@ -369,7 +422,16 @@ def test_baseline_and_plain_faster_rcnn_have_no_extra_variables():
       lambda x: x.shape, v_full["params"][name]
     )
   assert "rpn_mask/objectness" not in parts and "class_agnostic" not in parts
-  assert "class_agnostic_logits" not in out and out["foreground_prob"].shape == (1, H, W)
+  assert "class_agnostic_map" not in parts
+  assert "class_agnostic_logits" not in out and "class_agnostic_prob" not in out
+  assert out["semantic_foreground_prob"].shape == (1, H, W)
+  # Every normalisation parameter (the ResNet's and the heads' GroupNorms) skips weight decay,
+  # every conv / dense parameter has it.
+  labels = optim.param_labels(v_full["params"], lambda path: False)
+  for path, label in jax.tree_util.tree_flatten_with_path(labels)[0]:
+    names = [k.key for k in path]
+    is_norm = "GroupNorm" in names[-2] or names[-2] in ("bn1", "bn2", "downsample_bn")
+    assert label == ("no_decay" if is_norm else "decay"), names
   faster_rcnn = tiny_config()
   faster_rcnn.model.class_agnostic = faster_rcnn.model.semantic_head = False
   faster_rcnn.model.fusion.train = faster_rcnn.model.fusion.inference = "none"
@@ -381,6 +443,19 @@ def test_baseline_and_plain_faster_rcnn_have_no_extra_variables():
   image = jax.ShapeDtypeStruct((1, H, W, 3), jnp.float32)
   with pytest.raises(ValueError, match="class_agnostic"):
     jax.eval_shape(lambda v, x: model.apply(v, x, fusion="roi"), v_base, image)
+  predict = functools.partial(model.apply, method=SegRPN.predict_fusions)
+  with pytest.raises(ValueError, match=r"'roi'.*class_agnostic"):
+    jax.eval_shape(lambda v, x: predict(v, x, ("none", "roi")), v_base, image)
+  out = jax.eval_shape(lambda v, x: predict(v, x, ("none",)), v_base, image)
+  assert set(out) == {"fusions", "semantic_logits", "semantic_labels", "semantic_foreground_prob"}
+  # Without a semantic head the class-agnostic map keeps its projections and predictor.
+  no_semantic = tiny_config()
+  no_semantic.model.semantic_head = False
+  v = jax.eval_shape(lambda k: api.init_variables(no_semantic, k), jax.random.key(0))
+  assert "semantic_head" not in v["params"]
+  assert jax.tree.map(lambda x: x.shape, v["params"]["class_agnostic"]) == jax.tree.map(
+    lambda x: x.shape, v_full["params"]["class_agnostic"]
+  )
 
 
 def test_bfloat16_computes_in_bf16_with_float32_params_and_loss():

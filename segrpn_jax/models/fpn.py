@@ -5,7 +5,15 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-INPUT_LEVELS = (2, 3, 4, 5)  # C2..C5 in, P2..P5 out; P6 is subsampled from P5
+from segrpn_jax.ops.scale import MAX_LEVEL, MIN_LEVEL
+
+# The single source of the pyramid's level names (ops/ defines the numbers, and ops never
+# imports models): P2..P6 feed both RPNs and the class-agnostic module; P2..P5, the maps built
+# from C2..C5, feed RoIAlign and the semantic head.
+LEVEL_NUMBERS = tuple(range(MIN_LEVEL, MAX_LEVEL + 1))  # 2..6
+LEVELS = tuple(f"P{level}" for level in LEVEL_NUMBERS)
+ROI_LEVELS = LEVELS[:-1]
+INPUT_LEVELS = LEVEL_NUMBERS[:-1]  # C2..C5 in, P2..P5 out; P6 is subsampled from P5
 
 # detectron2's c2_xavier_fill: kaiming_uniform_(a=1), i.e. U(+-sqrt(3 / fan_in)), bias 0.
 c2_xavier_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
@@ -79,5 +87,5 @@ class FPN(nn.Module):
         lateral = lateral + upsample_nearest_2x(top_down, c.shape[1], c.shape[2])
       top_down = lateral
       outputs[f"P{level}"] = conv(3, f"output{level}")(lateral)
-    outputs["P6"] = outputs["P5"][:, ::2, ::2, :]
-    return {f"P{level}": outputs[f"P{level}"] for level in (2, 3, 4, 5, 6)}
+    outputs[LEVELS[-1]] = outputs[ROI_LEVELS[-1]][:, ::2, ::2, :]
+    return {name: outputs[name] for name in LEVELS}

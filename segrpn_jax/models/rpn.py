@@ -35,19 +35,44 @@ FUSIONS = ("none", "rpn", "roi", "roi+rpn")
 _RPN_INIT = nn.initializers.normal(stddev=0.01)
 
 
-def check_fusion(fusion: str, where: str) -> str:
+def check_fusion(fusion: str, where: str, has_mask: bool = True) -> str:
   """Returns `fusion` if it is one of FUSIONS, else raises naming `where` it came from.
 
   Args:
     fusion: the requested fusion.
     where: the config key or argument that carried it, for the error message.
+    has_mask: whether the model has RPN_mask (config.model.class_agnostic); without it only
+      'none' is possible.
 
   Returns:
     `fusion` unchanged.
   """
   if fusion not in FUSIONS:
     raise ValueError(f"{where} = {fusion!r} is not a fusion; use one of {FUSIONS}.")
+  if not has_mask and fusion != "none":
+    raise ValueError(
+      f"fusion {fusion!r} needs RPN_mask, but config.model.class_agnostic is False; "
+      "use fusion 'none' for the baseline."
+    )
   return fusion
+
+
+def inference_fusions(train_fusion: str) -> tuple[str, ...]:
+  """The inference fusions a model trained with `train_fusion` is evaluated under.
+
+  The trained fusion first, then each of its parts switched on alone and finally 'none' (the
+  paper's "w/o ... during inference" rows): a part that was not trained is not evaluated.
+
+  Args:
+    train_fusion: one of FUSIONS.
+
+  Returns:
+    roi+rpn -> (roi+rpn, roi, rpn, none); roi -> (roi, none); rpn -> (rpn, none);
+    none -> (none,).
+  """
+  check_fusion(train_fusion, "train_fusion")
+  parts = {"roi+rpn": ("roi", "rpn")}.get(train_fusion, ())
+  return tuple(dict.fromkeys((train_fusion, *parts, "none")))
 
 
 class RPNHead(nn.Module):
@@ -157,16 +182,11 @@ def fused_scoring(
       and, with a mask head, mask_logits, mask_deltas: RPN_mask's own predictions.
     N = sum_l H_l W_l A, ordered like the concatenated anchors.
   """
-  check_fusion(fusion, "fusion")
+  check_fusion(fusion, "fusion", has_mask=mask_head is not None)
   f_det = flatten_levels(det_features)
   det_logits, det_deltas = det_head.predict(f_det)
   out = {"det_logits": det_logits, "det_deltas": det_deltas}
   if mask_head is None:
-    if fusion != "none":
-      raise ValueError(
-        f"fusion {fusion!r} needs RPN_mask, but config.model.class_agnostic is False; "
-        "use fusion 'none' for the baseline."
-      )
     out.update(logits=det_logits, deltas=det_deltas)
     return out
   f_mask = flatten_levels(mask_features)

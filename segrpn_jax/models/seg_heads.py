@@ -15,26 +15,35 @@ exact size of the next finer map so that sizes not divisible by 64 still line up
   object scales, so their weights are not shared), K = config.model.class_agnostic_convs,
   C = config.model.fpn_channels:
     P_l -> (conv3x3-GN-ReLU) x K -> M_l [B, H_l, W_l, C]    (input of RPN_mask on level l)
-    M_l -> conv1x1 -> foreground logit map [B, H_l, W_l]     (class-agnostic loss of level l)
-    M_l -> conv1x1 to S -> bilinear resize to stride 4       -> q_l
-    prior = q_2 + ... + q_6, added to z before the semantic 1x1 (the paper's "scale specific
-    objectness prior"). Without a semantic head the prior projections do not exist.
+    M_l -> conv1x1 -> level logit map [B, H_l, W_l]          (loss class_agnostic: BCE against
+                                                              the scale-specific targets of l)
+    M_l -> conv1x1 to S -> bilinear resize to stride 4       -> q_l   ("P<l>_prior")
+    q   = q_2 + ... + q_6                                    [B, H/4, W/4, S]
+    q   -> prior of the semantic head: added to z before the semantic 1x1 (the paper's "scale
+           specific objectness prior"); only with a semantic head
+    q   -> conv3x3-GN-ReLU -> conv1x1 -> class-agnostic map logits [B, H/4, W/4]
+           ("map_conv", "map_logit"; loss class_agnostic_map: BCE of the logits bilinearly
+           upsampled to the input against the full-resolution foreground; at inference
+           class_agnostic_prob = sigmoid(logits bilinearly upsampled to the input))
+  The level maps are coarse (level l only resolves to its stride 2**l and only holds its own
+  scale's instances); the stride-4 map sees every level's features and is trained on every
+  instance at full resolution, so it is the sharp binary map. The projections q_l exist with or
+  without a semantic head.
 
 GroupNorm uses gcd(32, width) groups (32 for the paper's widths, fewer for tiny test models).
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segrpn_jax.models.fpn import LEVELS, ROI_LEVELS
+
 # detectron2 c2_msra_fill: He-normal with fan_out, as used by its SemSegFPNHead convs.
 _MSRA = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-SEMANTIC_LEVELS = ("P2", "P3", "P4", "P5")
-CLASS_AGNOSTIC_LEVELS = ("P2", "P3", "P4", "P5", "P6")
 
 
 def resize_bilinear(x_bxhxwxc: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
@@ -104,13 +113,12 @@ class SemanticHead(nn.Module):
       [B, H/4, W/4, num_classes] logits (stride of P2).
     """
     total = None
-    for i, name in enumerate(SEMANTIC_LEVELS):
+    for i, name in enumerate(ROI_LEVELS):  # P2..P5
       x = pyramid[name]
-      level = i + 2
       for j in range(max(1, i)):
         x = ConvGNReLU(self.channels, dtype=self.dtype, name=f"{name}_conv{j}")(x)
         if i > 0:
-          finer = pyramid[f"P{level - j - 1}"]
+          finer = pyramid[ROI_LEVELS[i - j - 1]]
           x = resize_bilinear(x, finer.shape[1], finer.shape[2])
       total = x if total is None else total + x
     if prior_bxhxwxs is not None:
@@ -126,30 +134,32 @@ class ClassAgnosticModule(nn.Module):
   Attributes:
     channels: width of the per-level features M_l (the input of RPN_mask).
     num_convs: conv3x3-GN-ReLU layers per level.
-    prior_channels: width S of the objectness prior for the semantic head; None: no prior.
+    map_channels: width S of the stride-4 sum q (the semantic head's prior and the input of the
+      class-agnostic map predictor).
     dtype: compute dtype.
   """
 
   channels: int = 256
   num_convs: int = 2
-  prior_channels: int | None = None
+  map_channels: int = 128
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, pyramid: Mapping[str, jnp.ndarray]):
-    """Per-level features, foreground logits and (optionally) the stride-4 prior.
+    """Per-level features and logits, the stride-4 sum q and the stride-4 map logits.
 
     Args:
       pyramid: FPN maps with keys P2..P6, [B, H_l, W_l, C].
 
     Returns:
       (features: list of [B, H_l, W_l, channels] for P2..P6,
-       logits: list of [B, H_l, W_l] foreground logits for P2..P6,
-       prior: [B, H_2, W_2, prior_channels] or None).
+       level_logits: list of [B, H_l, W_l] foreground logits for P2..P6,
+       prior: [B, H_2, W_2, map_channels], the sum q of the projected levels,
+       map_logits: [B, H_2, W_2] logits of the class-agnostic map at stride 4).
     """
-    features, logits, prior = [], [], None
-    stride4 = pyramid["P2"]
-    for name in CLASS_AGNOSTIC_LEVELS:
+    features, level_logits, prior = [], [], None
+    stride4 = pyramid[LEVELS[0]]
+    for name in LEVELS:
       x = pyramid[name]
       for j in range(self.num_convs):
         x = ConvGNReLU(self.channels, dtype=self.dtype, name=f"{name}_conv{j}")(x)
@@ -161,34 +171,17 @@ class ClassAgnosticModule(nn.Module):
         dtype=self.dtype,
         name=f"{name}_logit",
       )(x)
-      logits.append(logit[..., 0])
-      if self.prior_channels is not None:
-        q = nn.Conv(
-          self.prior_channels, (1, 1), kernel_init=_MSRA, dtype=self.dtype, name=f"{name}_prior"
-        )(x)
-        q = resize_bilinear(q, stride4.shape[1], stride4.shape[2])
-        prior = q if prior is None else prior + q
-    return features, logits, prior
-
-
-def foreground_probability(
-  logits_by_level: Sequence[jnp.ndarray], height: int, width: int
-) -> jnp.ndarray:
-  """The binary foreground map for mIoU*: max over levels of the upsampled per-level sigmoids.
-
-  Each level only predicts the instances of its own scale (scale-specific targets), so the
-  union of the levels - their pixelwise max - is the class-agnostic foreground.
-
-  Args:
-    logits_by_level: [B, H_l, W_l] foreground logits of P2..P6.
-    height: input height.
-    width: input width.
-
-  Returns:
-    [B, height, width] float32 probabilities (sigmoid first, then bilinear resize, then max).
-  """
-  probs = [
-    resize_bilinear(jax.nn.sigmoid(x.astype(jnp.float32))[..., None], height, width)[..., 0]
-    for x in logits_by_level
-  ]
-  return jnp.max(jnp.stack(probs, axis=0), axis=0)
+      level_logits.append(logit[..., 0])
+      q = nn.Conv(
+        self.map_channels, (1, 1), kernel_init=_MSRA, dtype=self.dtype, name=f"{name}_prior"
+      )(x)
+      q = resize_bilinear(q, stride4.shape[1], stride4.shape[2])
+      prior = q if prior is None else prior + q
+    # A 3x3 conv before the binary classifier: q is a linear sum of the levels, and the
+    # classifier needs a non-linear, spatially aware combination to sharpen the coarse levels'
+    # contributions at the object boundaries.
+    x = ConvGNReLU(self.map_channels, dtype=self.dtype, name="map_conv")(prior)
+    map_logits = nn.Conv(
+      1, (1, 1), kernel_init=nn.initializers.normal(0.01), dtype=self.dtype, name="map_logit"
+    )(x)
+    return features, level_logits, prior, map_logits[..., 0]

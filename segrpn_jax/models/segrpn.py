@@ -4,10 +4,15 @@ Data flow (DESIGN.md section 1):
 
   images -> ResNet (C2..C5) -> FPN (P2..P6)
     P2..P6 -> RPN_det 3x3 conv -> F_det
-    P2..P6 -> class-agnostic module -> M_l (-> foreground logits, -> prior) -> RPN_mask -> F_mask
+    P2..P6 -> class-agnostic module -> M_l (-> level logits, -> prior q -> stride-4 map logits)
+      M_l -> RPN_mask 3x3 conv -> F_mask
     F_det, F_mask -> fused anchor scoring (rpn.fused_scoring, `fusion`) -> proposals
     proposals (+ gt and sampling in training) -> RoIAlign on P2..P5 -> box head -> detections
-    P2..P5 (+ prior) -> semantic head -> semantic logits at stride 4
+    P2..P5 (+ prior q) -> semantic head -> semantic logits at stride 4
+  (seg_heads' module docstring has the wiring of both segmentation heads.)
+
+Everything up to the RPN feature maps F_det, F_mask (`_trunk`) is independent of the fusion;
+`predict_fusions` runs it once and only the scoring, proposals and box head once per fusion.
 
 Training (`train=True`) also matches and samples the anchors of both RPNs and the ROIs of the box
 head with the 'sampling' rng (one key per image and purpose), so that `losses.segrpn_loss` is a
@@ -26,21 +31,14 @@ import ml_collections
 import numpy as np
 
 from segrpn_jax.models import rpn as rpn_lib
-from segrpn_jax.models.fpn import FPN
+from segrpn_jax.models.fpn import FPN, LEVELS, ROI_LEVELS
 from segrpn_jax.models.resnet import ResNet
 from segrpn_jax.models.roi_heads import BoxHead, pool_rois, postprocess, sample_rois
-from segrpn_jax.models.seg_heads import (
-  ClassAgnosticModule,
-  SemanticHead,
-  foreground_probability,
-  resize_bilinear,
-)
+from segrpn_jax.models.seg_heads import ClassAgnosticModule, SemanticHead, resize_bilinear
 from segrpn_jax.ops import anchors as anchor_ops
 from segrpn_jax.ops import boxes as box_ops
 from segrpn_jax.ops import matching
 
-LEVELS = ("P2", "P3", "P4", "P5", "P6")  # RPN and class-agnostic levels
-ROI_LEVELS = ("P2", "P3", "P4", "P5")  # RoIAlign levels
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -99,7 +97,7 @@ class SegRPN(nn.Module):
       self.class_agnostic = ClassAgnosticModule(
         m.fpn_channels,
         m.class_agnostic_convs,
-        prior_channels=m.semantic_channels if m.semantic_head else None,
+        map_channels=m.semantic_channels,
         dtype=dtype,
       )
       self.rpn_mask = rpn_lib.RPNHead(m.fpn_channels, num_anchors, dtype=dtype)
@@ -135,8 +133,9 @@ class SegRPN(nn.Module):
     }
     prior = None
     if self.config.class_agnostic:
-      mask_inputs, ca_logits, prior = self.class_agnostic(pyramid)
+      mask_inputs, ca_logits, prior, map_logits = self.class_agnostic(pyramid)
       trunk["class_agnostic_logits"] = [x.astype(jnp.float32) for x in ca_logits]
+      trunk["class_agnostic_map_logits"] = map_logits.astype(jnp.float32)
       trunk["mask_features"] = self.rpn_mask.features(mask_inputs)
     if self.config.semantic_head:
       trunk["semantic_logits"] = self.semantic_head(pyramid, prior).astype(jnp.float32)
@@ -181,10 +180,7 @@ class SegRPN(nn.Module):
       the anchor logits of fusion 'none' (unused; init only wants the variables).
     """
     trunk = self._trunk(images, train=False)
-    mask_head = self.rpn_mask if self.config.class_agnostic else None
-    scores = rpn_lib.fused_scoring(
-      self.rpn_det, trunk["det_features"], "none", mask_head, trunk.get("mask_features")
-    )
+    scores = self._scores(trunk, "none")
     side, channels = self.config.roi.pooler_resolution, self.config.fpn_channels
     self.box_head(jnp.zeros((images.shape[0], 1, side, side, channels), images.dtype))
     return scores["logits"]
@@ -206,12 +202,12 @@ class SegRPN(nn.Module):
       (the fused anchor logits that ranked the proposals), semantic_logits [B, H/4, W/4, K_sem]
       (with a semantic head), class_agnostic_logits (list of [B, H_l, W_l] for P2..P6, with the
       class-agnostic module).
-      Training adds rpn_det / rpn_mask {logits, deltas, positive, negative} over the N anchors
+      Training adds class_agnostic_map_logits [B, H/4, W/4] (with the class-agnostic module),
+      rpn_det / rpn_mask {logits, deltas, positive, negative} over the N anchors
       (rpn_det: the fused predictions that make the proposals; rpn_mask: RPN_mask's own),
       rpn_targets {labels, deltas} and roi (see `sample_rois`, plus cls_logits, deltas).
-      Inference adds detections {boxes, scores, classes, valid}, semantic_labels [B, H, W] and
-      foreground_prob [B, H, W] (see `_semantic_foreground`) and, with the class-agnostic
-      module, class_agnostic_prob [B, H, W] (max over levels of the upsampled level maps).
+      Inference adds detections {boxes, scores, classes, valid} and the outputs of
+      `_segmentation_outputs`.
     """
     m = self.config
     if fusion is None:
@@ -220,19 +216,100 @@ class SegRPN(nn.Module):
     if train and targets is None:
       raise ValueError("SegRPN(train=True) needs targets=batch (boxes, classes, valid).")
     trunk = self._trunk(images, train)
-    mask_head = self.rpn_mask if m.class_agnostic else None
-    scores = rpn_lib.fused_scoring(
-      self.rpn_det, trunk["det_features"], fusion, mask_head, trunk.get("mask_features")
-    )
+    if not train:
+      return {**self._detect(trunk, fusion), **self._segmentation_outputs(trunk)}
+    scores = self._scores(trunk, fusion)
     proposals = self._proposals(scores, train)
     out = {"proposals": proposals, "rpn_logits": scores["logits"].astype(jnp.float32)}
-    for key in ("semantic_logits", "class_agnostic_logits"):
+    for key in ("semantic_logits", "class_agnostic_logits", "class_agnostic_map_logits"):
       if key in trunk:
         out[key] = trunk[key]
-    if train:
-      out.update(self._training_outputs(trunk, scores, proposals, targets))
-    else:
-      out.update(self._inference_outputs(trunk, proposals))
+    out.update(self._training_outputs(trunk, scores, proposals, targets))
+    return out
+
+  def predict_fusions(self, images, fusions: tuple[str, ...]) -> dict:
+    """Inference under several RPN fusions, sharing everything that does not depend on them.
+
+    Backbone, FPN, the segmentation heads and the RPN feature convs run once; the fused anchor
+    scoring, the proposals and the box head (with post-processing) once per fusion. Call it
+    as `model.apply(variables, images, fusions, method=SegRPN.predict_fusions)`.
+
+    Args:
+      images: [B, H, W, 3] normalised images, (H, W) = config.data.image_size.
+      fusions: the fusions to run (see `rpn.inference_fusions`); static.
+
+    Returns:
+      {'fusions': {fusion: {'detections': ..., 'proposals': ...}}} plus the fusion-independent
+      outputs of `_segmentation_outputs`; each fusion's entries are exactly those of
+      `__call__(train=False, fusion=fusion)`.
+
+    Raises:
+      ValueError: a fusion is not one of rpn.FUSIONS, or is not 'none' on a model without the
+        class-agnostic module (no RPN_mask to fuse with).
+    """
+    for fusion in fusions:
+      rpn_lib.check_fusion(fusion, "fusions", has_mask=self.config.class_agnostic)
+    trunk = self._trunk(images, train=False)
+    out = {}
+    for fusion in fusions:
+      detected = self._detect(trunk, fusion)
+      out[fusion] = {k: detected[k] for k in ("detections", "proposals")}
+    return {"fusions": out, **self._segmentation_outputs(trunk)}
+
+  def _scores(self, trunk: dict, fusion: str) -> dict:
+    """The anchor scores of both RPNs under `fusion` (see rpn.fused_scoring)."""
+    mask_head = self.rpn_mask if self.config.class_agnostic else None
+    return rpn_lib.fused_scoring(
+      self.rpn_det, trunk["det_features"], fusion, mask_head, trunk.get("mask_features")
+    )
+
+  def _detect(self, trunk: dict, fusion: str) -> dict:
+    """The per-fusion part of inference: anchor scoring, proposals, box head, post-processing.
+
+    Returns:
+      {proposals, rpn_logits [B, N], detections {boxes, scores, classes, valid}}.
+    """
+    o = self.config.roi
+    scores = self._scores(trunk, fusion)
+    proposals = self._proposals(scores, train=False)
+    cls_logits, deltas = self.box_head(self._pool(trunk["pyramid"], proposals["boxes"]))
+    detections = jax.vmap(
+      functools.partial(
+        postprocess,
+        image_size=tuple(self.image_size),
+        box_weights=tuple(o.box_weights),
+        score_threshold=o.score_threshold,
+        nms_threshold=o.nms_threshold,
+        max_detections=o.detections_per_image,
+      )
+    )(cls_logits, deltas, proposals["boxes"], proposals["valid"])
+    return {
+      "proposals": proposals,
+      "rpn_logits": scores["logits"].astype(jnp.float32),
+      "detections": detections,
+    }
+
+  def _segmentation_outputs(self, trunk: dict) -> dict:
+    """The fusion-independent inference outputs, at the input size where they are maps.
+
+    Returns:
+      With a semantic head: semantic_logits [B, H/4, W/4, K_sem], semantic_labels [B, H, W]
+      (argmax of the bilinearly upsampled logits) and semantic_foreground_prob [B, H, W] (see
+      `_semantic_foreground`). With the class-agnostic module: class_agnostic_logits (list of
+      [B, H_l, W_l] for P2..P6) and class_agnostic_prob [B, H, W], the sigmoid of the stride-4
+      class-agnostic map logits bilinearly upsampled to the input (as its loss upsamples them).
+    """
+    out = {}
+    height, width = self.image_size
+    if self.config.semantic_head:
+      out["semantic_logits"] = trunk["semantic_logits"]
+      logits = resize_bilinear(trunk["semantic_logits"], height, width)
+      out["semantic_labels"] = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      out["semantic_foreground_prob"] = self._semantic_foreground(jax.nn.softmax(logits, axis=-1))
+    if self.config.class_agnostic:
+      out["class_agnostic_logits"] = trunk["class_agnostic_logits"]
+      map_logits = resize_bilinear(trunk["class_agnostic_map_logits"][..., None], height, width)
+      out["class_agnostic_prob"] = jax.nn.sigmoid(map_logits[..., 0])
     return out
 
   def _training_outputs(self, trunk: dict, scores: dict, proposals: dict, targets: dict) -> dict:
@@ -300,44 +377,13 @@ class SegRPN(nn.Module):
     out["roi"] = {**rois, "cls_logits": cls_logits, "deltas": deltas}
     return out
 
-  def _inference_outputs(self, trunk: dict, proposals: dict) -> dict:
-    m, o = self.config, self.config.roi
-    cls_logits, deltas = self.box_head(self._pool(trunk["pyramid"], proposals["boxes"]))
-    detections = jax.vmap(
-      functools.partial(
-        postprocess,
-        image_size=tuple(self.image_size),
-        box_weights=tuple(o.box_weights),
-        score_threshold=o.score_threshold,
-        nms_threshold=o.nms_threshold,
-        max_detections=o.detections_per_image,
-      )
-    )(cls_logits, deltas, proposals["boxes"], proposals["valid"])
-    out = {"detections": detections}
-    height, width = self.image_size
-    semantic_probs = None
-    if m.semantic_head:
-      logits = resize_bilinear(trunk["semantic_logits"], height, width)
-      out["semantic_labels"] = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-      semantic_probs = jax.nn.softmax(logits, axis=-1)
-    if semantic_probs is not None:
-      out["foreground_prob"] = self._semantic_foreground(semantic_probs)
-    if m.class_agnostic:
-      out["class_agnostic_prob"] = foreground_probability(
-        trunk["class_agnostic_logits"], height, width
-      )
-      out.setdefault("foreground_prob", out["class_agnostic_prob"])
-    return out
-
   def _semantic_foreground(self, semantic_probs):
     """The [B, H, W] foreground probability of mIoU*: the semantic head's total probability of
     the thing classes, the last config.model.num_classes semantic classes (trainIds 11..18).
 
-    mIoU* is the binary foreground/background quality of the segmentation branch, reported for
-    the baseline too (which has no class-agnostic module); SegRPN's class-agnostic features
-    reach this map through the semantic head's objectness prior. The class-agnostic module's
-    own union map is `class_agnostic_prob` (scored as mIoU*/class_agnostic): its coarse levels
-    only resolve an object to its level's stride, so it is the weaker binary map.
+    It is the baseline's binary foreground map too (the baseline has no class-agnostic
+    module); SegRPN's class-agnostic features reach it through the semantic head's objectness
+    prior. The class-agnostic module's own binary map is `class_agnostic_prob`.
     """
     m = self.config
     return jnp.sum(semantic_probs[..., m.num_semantic_classes - m.num_classes :], axis=-1)
