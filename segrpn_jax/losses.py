@@ -233,4 +233,8 @@ def segrpn_loss(outputs: dict, batch: dict, config: ml_collections.ConfigDict):
   parts["fg_roi_fraction"] = jnp.sum(roi["num_fg_proposals"]) / jnp.maximum(
     jnp.sum(roi["num_valid_proposals"]), 1.0
   )
+  # Also logged as fg_rois_per_2000: the paper's Fig. 6 counts foreground ROIs among 2000
+  # proposals after NMS (its post_nms_topk_train); the fraction scaled to 2000 reads on that
+  # axis whatever number of proposals a run keeps.
+  parts["fg_rois_per_2000"] = parts["fg_roi_fraction"] * 2000.0
   return total, parts

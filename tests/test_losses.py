@@ -231,6 +231,7 @@ def test_segrpn_loss_weights_every_part():
   np.testing.assert_allclose(parts["class_agnostic"], np.log(2), rtol=1e-6)  # logits 0, no fg
   np.testing.assert_allclose(parts["class_agnostic_map"], np.log(2), rtol=1e-6)
   np.testing.assert_allclose(parts["fg_roi_fraction"], 4 / 16, rtol=1e-6)
+  np.testing.assert_allclose(parts["fg_rois_per_2000"], 4 / 16 * 2000, rtol=1e-6)
 
 
 def test_segrpn_loss_baseline_and_faster_rcnn_parts():
@@ -243,6 +244,7 @@ def test_segrpn_loss_baseline_and_faster_rcnn_parts():
     "roi/box",
     "semantic",
     "fg_roi_fraction",
+    "fg_rois_per_2000",
   }
   total, parts = losses.segrpn_loss(
     fake_outputs(with_mask=False, with_semantic=False), fake_batch(), config
@@ -253,7 +255,8 @@ def test_segrpn_loss_baseline_and_faster_rcnn_parts():
     "roi/cls",
     "roi/box",
     "fg_roi_fraction",
+    "fg_rois_per_2000",
   }
   np.testing.assert_allclose(
-    total, sum(parts[k] for k in parts if k != "fg_roi_fraction"), rtol=1e-6
+    total, sum(parts[k] for k in parts if not k.startswith("fg_roi")), rtol=1e-6
   )

@@ -1,4 +1,5 @@
-"""generate_proposals against a plain NumPy find_top_rpn_proposals (detectron2 semantics)."""
+"""generate_proposals against a plain NumPy find_top_rpn_proposals (detectron2 semantics), and
+the level and anchor it reports for every kept proposal."""
 
 import math
 
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from segrpn_jax.models import rpn
 from segrpn_jax.ops import proposals
 
 
@@ -97,7 +99,7 @@ UNIT = (1.0, 1.0, 1.0, 1.0)
 
 
 def _compare(got, want):
-  boxes, logits, valid = map(np.asarray, got)
+  boxes, logits, valid = map(np.asarray, got[:3])
   want_boxes, want_logits = want
   n = len(want_logits)
   assert valid.sum() == n and valid[:n].all()
@@ -163,7 +165,7 @@ def test_vmap_over_images_with_their_own_sizes():
       lambda lg, dl, an, h, w: proposals.generate_proposals(lg, dl, an, (h, w), PRE, POST, THRESH)
     )
   )
-  boxes, logits, valid = batched(*stacked, heights, widths)
+  boxes, logits, valid, _, _ = batched(*stacked, heights, widths)
   for i in range(2):
     want = _reference(*inputs[i], sizes[i], PRE, POST, THRESH, 0.0, (1,) * 4)
     _compare((boxes[i], logits[i], valid[i]), want)
@@ -174,7 +176,7 @@ def test_no_gradient_and_bad_input():
   logits, deltas, anchors = _random_inputs(rng)
 
   def total_logit(lg):
-    _, out_logits, valid = proposals.generate_proposals(
+    _, out_logits, valid, _, _ = proposals.generate_proposals(
       lg, deltas, anchors, IMAGE_SIZE, PRE, POST, THRESH
     )
     return jnp.sum(jnp.where(valid, out_logits, 0.0))
@@ -185,3 +187,44 @@ def test_no_gradient_and_bad_input():
     proposals.generate_proposals(
       logits, [deltas[0], deltas[1][:3], deltas[2]], anchors, IMAGE_SIZE, PRE, POST, THRESH
     )
+
+
+def _check_origins(boxes, logits, valid, levels, anchor_indices, inputs, weights, first_level):
+  """Each kept proposal's reported anchor, decoded with its deltas and clipped, is its box."""
+  logits_l, deltas_l, anchors_l = inputs
+  boxes, logits, valid, levels, anchor_indices = map(
+    np.asarray, (boxes, logits, valid, levels, anchor_indices)
+  )
+  assert (levels[~valid] == -1).all() and (anchor_indices[~valid] == -1).all()
+  offsets = np.cumsum([0] + [len(a) for a in anchors_l])
+  all_anchors, all_deltas = np.concatenate(anchors_l), np.concatenate(deltas_l)
+  all_logits = np.concatenate(logits_l)
+  index = anchor_indices[valid]
+  level = levels[valid] - first_level
+  # The anchor index falls inside the reported level's slice of the concatenation.
+  assert ((index >= offsets[level]) & (index < offsets[level + 1])).all()
+  np.testing.assert_array_equal(all_logits[index], logits[valid])
+  decoded = _np_decode(all_anchors[index].astype(np.float64), all_deltas[index], weights)
+  decoded[:, 0::2] = np.clip(decoded[:, 0::2], 0, IMAGE_SIZE[1])
+  decoded[:, 1::2] = np.clip(decoded[:, 1::2], 0, IMAGE_SIZE[0])
+  np.testing.assert_allclose(boxes[valid], decoded, rtol=1e-5, atol=1e-3)
+  return level
+
+
+def test_levels_and_anchor_indices_decode_to_the_proposals():
+  rng = np.random.default_rng(7)
+  inputs = _random_inputs(rng)
+  weights = (10.0, 10.0, 5.0, 5.0)
+  got = _generate(*inputs, 0.0, weights)
+  assert int(np.asarray(got.valid).sum()) == POST
+  level = _check_origins(*got, inputs, weights, first_level=0)
+  assert set(level.tolist()) == {0, 1, 2}  # every level reaches the final list
+
+  # Through models.rpn.propose (vmapped over a batch, flattened scores, levels from P2).
+  logits, deltas, anchors = inputs
+  out = jax.jit(
+    lambda lg, dl: rpn.propose(lg, dl, anchors, IMAGE_SIZE, 12, 20, THRESH, 0.0, weights)
+  )(np.concatenate(logits)[None], np.concatenate(deltas)[None])
+  keys = ("boxes", "logits", "valid", "levels", "anchor_indices")
+  level = _check_origins(*(out[k][0] for k in keys), inputs, weights, first_level=2)
+  assert int(np.asarray(out["valid"]).sum()) == 20 and level.min() >= 0 and level.max() <= 2

@@ -211,6 +211,7 @@ def propose(
   nms_threshold: float,
   min_size: float,
   box_weights: Sequence[float],
+  first_level: int = 2,
 ) -> dict:
   """Proposals of a batch from flattened anchor scores (detectron2 find_top_rpn_proposals).
 
@@ -224,10 +225,13 @@ def propose(
     nms_threshold: NMS IoU threshold.
     min_size: boxes with a side below this are masked out.
     box_weights: RPN Box2BoxTransform weights.
+    first_level: the FPN level of anchors_by_level[0] (P2 in SegRPN).
 
   Returns:
-    dict boxes [B, P, 4], logits [B, P], scores [B, P] (sigmoid), valid [B, P],
-    P = post_nms_topk, sorted by logit descending.
+    dict boxes [B, P, 4], logits [B, P], scores [B, P] (sigmoid), valid [B, P], and where each
+    proposal came from: levels [B, P] int32 (its FPN level, first_level.., -1 on padding) and
+    anchor_indices [B, P] int32 (its anchor's index into the concatenated anchors, the order of
+    logits_bxn; -1 on padding). P = post_nms_topk, sorted by logit descending.
   """
   sizes = [a.shape[0] for a in anchors_by_level]
   if sum(sizes) != logits_bxn.shape[1]:
@@ -252,5 +256,12 @@ def propose(
       box_weights=tuple(box_weights),
     )
 
-  boxes, logits, valid = jax.vmap(one_image)(logits_by_level, deltas_by_level)
-  return {"boxes": boxes, "logits": logits, "scores": jax.nn.sigmoid(logits), "valid": valid}
+  out = jax.vmap(one_image)(logits_by_level, deltas_by_level)
+  return {
+    "boxes": out.boxes,
+    "logits": out.logits,
+    "scores": jax.nn.sigmoid(out.logits),
+    "valid": out.valid,
+    "levels": jnp.where(out.valid, out.levels + first_level, -1),
+    "anchor_indices": out.anchor_indices,
+  }

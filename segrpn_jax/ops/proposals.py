@@ -12,15 +12,41 @@ per level, and no IoU matrix spans all levels:
 
 Because detectron2 runs batched_nms with the level as the class, "NMS per level, then the
 global top post_nms_topk by logit" is exactly its result.
+
+Every kept proposal also carries where it came from (its level and anchor), for the analysis of
+proposal filtering (the paper's Fig. 3b): these are gathers of indices the top-k already holds,
+and XLA drops them from a compiled program that does not use them.
 """
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from segrpn_jax.ops import boxes as box_ops
 from segrpn_jax.ops.nms import nms
+
+
+class Proposals(NamedTuple):
+  """The proposals of one image, sorted by logit descending; padding slots at the end.
+
+  Attributes:
+    boxes: [P, 4] float32 xyxy, zero on padding.
+    logits: [P] float32 objectness logits, -inf on padding.
+    valid: [P] bool.
+    levels: [P] int32, the position in `anchors_by_level` of the level the proposal came
+      from (0 = the first level given), -1 on padding.
+    anchor_indices: [P] int32, the index of the proposal's anchor in the concatenation of
+      `anchors_by_level` (level-major, the order of the flattened RPN logits), -1 on padding;
+      the anchor within its level is anchor_indices - sum of the sizes of the levels before.
+  """
+
+  boxes: jax.Array
+  logits: jax.Array
+  valid: jax.Array
+  levels: jax.Array
+  anchor_indices: jax.Array
 
 
 def _check_levels(logits_by_level, deltas_by_level, anchors_by_level):
@@ -110,8 +136,9 @@ def generate_proposals(
     box_weights: Box2BoxTransform weights of the RPN.
 
   Returns:
-    (boxes [post_nms_topk, 4], logits [post_nms_topk], valid [post_nms_topk] bool): sorted by
-    logit, descending; padding slots have valid False, zero boxes and logit -inf.
+    Proposals(boxes [P, 4], logits [P], valid [P] bool, levels [P] int32, anchor_indices [P]
+    int32), P = post_nms_topk, sorted by logit, descending; padding slots have valid False,
+    zero boxes, logit -inf and level and anchor index -1 (see `Proposals`).
   """
   _check_levels(logits_by_level, deltas_by_level, anchors_by_level)
   if not isinstance(post_nms_topk, int) or post_nms_topk < 1:
@@ -126,6 +153,12 @@ def generate_proposals(
   # 1. Per-level top-k, stacked to [L, k].
   indices_lxk, logits_lxk, valid_lxk = select_topk_per_level(logits_by_level, pre_nms_topk)
   k = indices_lxk.shape[1]
+  num_levels = indices_lxk.shape[0]
+  offsets = jnp.asarray(
+    [sum(jnp.shape(x)[0] for x in logits_by_level[:level]) for level in range(num_levels)],
+    jnp.int32,
+  )
+  flat_indices_lxk = indices_lxk + offsets[:, None]  # into the concatenated anchors
   deltas_lxkx4 = jnp.stack(
     [jnp.asarray(d, jnp.float32)[indices_lxk[level]] for level, d in enumerate(deltas_by_level)]
   )
@@ -152,6 +185,10 @@ def generate_proposals(
     keep_valid_lxm, jnp.take_along_axis(logits_lxk, keep_lxm, axis=1), -jnp.inf
   ).reshape(-1)
   kept_valid = keep_valid_lxm.reshape(-1)
+  kept_levels = jnp.broadcast_to(
+    jnp.arange(num_levels, dtype=jnp.int32)[:, None], keep_lxm.shape
+  ).reshape(-1)
+  kept_anchors = jnp.take_along_axis(flat_indices_lxk, keep_lxm, axis=1).reshape(-1)
 
   # 4. Merge the levels: the global top post_nms_topk by logit.
   take = min(post_nms_topk, kept_logits.shape[0])
@@ -159,9 +196,13 @@ def generate_proposals(
   out_valid = kept_valid[top]
   out_boxes = jnp.where(out_valid[:, None], kept_boxes[top], 0.0)
   out_logits = jnp.where(out_valid, top_logits, -jnp.inf)
+  out_levels = jnp.where(out_valid, kept_levels[top], -1)
+  out_anchors = jnp.where(out_valid, kept_anchors[top], -1)
   pad = post_nms_topk - take
   if pad:
     out_boxes = jnp.pad(out_boxes, ((0, pad), (0, 0)))
     out_logits = jnp.pad(out_logits, (0, pad), constant_values=-jnp.inf)
     out_valid = jnp.pad(out_valid, (0, pad))
-  return out_boxes, out_logits, out_valid
+    out_levels = jnp.pad(out_levels, (0, pad), constant_values=-1)
+    out_anchors = jnp.pad(out_anchors, (0, pad), constant_values=-1)
+  return Proposals(out_boxes, out_logits, out_valid, out_levels, out_anchors)

@@ -1,0 +1,240 @@
+"""segrpn_jax/analysis.py (the numbers behind the figures) against NumPy recounts and hand-made
+cases, and scripts/figures.py on a tiny trained run: every figure writes a PNG, bad input is one
+readable error."""
+
+import math
+import os
+import runpy
+
+import jax
+import numpy as np
+import pytest
+from clu import metric_writers
+from PIL import Image
+
+from segrpn_jax import analysis, api, checkpointing, train
+from segrpn_jax.ops import anchors as anchor_ops
+from segrpn_jax.ops import proposals as proposal_ops
+from segrpn_jax.ops import scale as scale_ops
+from tests.train_config import tiny_train_config
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                      "figures.py")  # fmt: skip
+
+
+def _iou(a, b):
+  """IoU of two boxes, written out."""
+  w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = w * h
+  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+  return inter / union if union > 0 else 0.0
+
+
+def _recount(anchors_by_level, image_size, strides, proposals, gt_boxes, gt_valid):
+  """TP/FP/FN per level with plain loops over anchors, proposals and ground truths."""
+  gts = [g for g, v in zip(gt_boxes, gt_valid, strict=True) if v]
+  out, offset = {}, 0
+  for j, (anchors, stride) in enumerate(zip(anchors_by_level, strides, strict=True)):
+    h, w = math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride)
+    a = len(anchors) // (h * w)
+    before = np.zeros((h, w), bool)
+    reachable = set()
+    for n, anchor in enumerate(anchors):
+      for g, gt in enumerate(gts):
+        if _iou(anchor, gt) > 0.5:
+          before[n // a // w, n // a % w] = True
+          reachable.add(g)
+    tp = fp = 0
+    found = set()
+    for box, valid, level, index in zip(*(proposals[k] for k in
+                                          ("boxes", "valid", "levels", "anchor_indices")),
+                                        strict=True):  # fmt: skip
+      if not valid or level != j + 2:
+        continue
+      assert offset <= index < offset + len(anchors)
+      hits = {g for g, gt in enumerate(gts) if _iou(box, gt) > 0.5}
+      tp, fp = tp + bool(hits), fp + (not hits)
+      found |= hits
+    out[j + 2] = (before, tp, fp, len(reachable - found))
+    offset += len(anchors)
+  return out
+
+
+def _check_filtering(got, want):
+  assert sorted(got) == sorted(want)
+  for level, (before, tp, fp, fn) in want.items():
+    np.testing.assert_array_equal(got[level]["before"], before)
+    assert (got[level]["num_tp"], got[level]["num_fp"], got[level]["num_fn"]) == (tp, fp, fn)
+    assert got[level]["tp"].sum() <= tp and got[level]["fp"].sum() <= fp
+
+
+def test_proposal_filtering_matches_a_loop_recount():
+  size, strides = (32, 64), (4, 8, 16)
+  anchors = anchor_ops.generate_anchors(*size, strides, (8, 16, 32))
+  rng = np.random.default_rng(0)
+  logits = [rng.normal(0, 2, len(a)).astype(np.float32) for a in anchors]
+  deltas = [rng.normal(0, 0.2, a.shape).astype(np.float32) for a in anchors]
+  got = proposal_ops.generate_proposals(logits, deltas, anchors, size, 40, 60, 0.7)
+  proposals = {
+    "boxes": np.asarray(got.boxes),
+    "valid": np.asarray(got.valid),
+    "levels": np.where(got.valid, np.asarray(got.levels) + 2, -1),
+    "anchor_indices": np.asarray(got.anchor_indices),
+  }
+  gt_boxes = np.array([[4, 4, 14, 12], [20, 2, 52, 30], [40, 10, 48, 18], [0, 0, 0, 0]], float)
+  gt_valid = np.array([True, True, True, False])
+  result = analysis.proposal_filtering(anchors, size, strides, proposals, gt_boxes, gt_valid)
+  want = _recount(anchors, size, strides, proposals, gt_boxes, gt_valid)
+  _check_filtering(result, want)
+  assert sum(r["num_tp"] + r["num_fp"] for r in result.values()) == proposals["valid"].sum()
+  assert any(r["before"].any() for r in result.values())
+
+
+def test_scale_division_follows_level_membership():
+  instance_map = np.zeros((64, 128), np.int32)
+  boxes = np.array([[0, 0, 20, 20], [30, 0, 80, 50], [90, 10, 120, 60], [0, 0, 0, 0]], float)
+  for k, (x1, y1, x2, y2) in enumerate(boxes[:3].astype(int)):
+    instance_map[y1:y2, x1:x2] = k + 1
+  valid = np.array([True, True, True, False])
+  crowd = np.zeros_like(instance_map, bool)
+  # sides 20, 50, ~38.7 at size_scale 1: case1 puts them on L2, L3, L3; case3 on L2, L3, L2.
+  d1 = analysis.scale_division(instance_map, boxes, valid, crowd, "case1", 1.0)
+  np.testing.assert_array_equal(d1["counts"], [1, 2, 0, 0, 0])
+  d3 = analysis.scale_division(instance_map, boxes, valid, crowd, "case3", 1.0)
+  np.testing.assert_array_equal(d3["counts"], [2, 1, 0, 0, 0])
+  for case in ("case1", "case2", "case3"):
+    d = analysis.scale_division(instance_map, boxes, valid, crowd, case, 0.5)
+    member = np.asarray(scale_ops.level_membership(boxes, case, 0.5, valid=valid))
+    np.testing.assert_array_equal(d["membership"], member)
+    for j in range(5):
+      want = np.isin(instance_map, 1 + np.flatnonzero(member[:, j]))
+      np.testing.assert_array_equal(d["pixels"][j], want)
+      # The level target is the any-pixel pooling of the level's pixels to its stride.
+      s = (4, 8, 16, 32, 64)[j]
+      padded = np.zeros((-(-64 // s) * s, -(-128 // s) * s), bool)
+      padded[:64, :128] = want
+      pooled = padded.reshape(padded.shape[0] // s, s, -1, s).any(axis=(1, 3))
+      np.testing.assert_array_equal(d["targets"][j], pooled)
+    np.testing.assert_array_equal(d["ground_truth"], instance_map > 0)
+
+
+def test_missed_objects_on_a_hand_made_image():
+  gt = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [0, 0, 0, 0]], float)
+  gt_valid = np.array([True, True, True, False])
+  # gt 0 found (IoU 0.81); a detection on gt 1 below the score threshold does not count.
+  det = np.array([[1, 1, 10, 10], [20, 0, 30, 10], [0, 0, 0, 0]], float)
+  scores, det_valid = np.array([0.9, 0.3, 0.0]), np.array([True, True, False])
+  prob = np.zeros((10, 60))
+  prob[:, 20:26] = 0.9  # 60 % of gt 1
+  prob[:, 40:44] = 0.9  # 40 % of gt 2
+  r = analysis.missed_objects(gt, gt_valid, det, scores, det_valid, prob)
+  np.testing.assert_array_equal(r["detected"], [True, False, False, False])
+  np.testing.assert_array_equal(r["recovered"], [False, True, False, False])
+  np.testing.assert_allclose(r["coverage"][:3], [0.0, 0.6, 0.4])
+  assert (r["num_missed"], r["num_recovered"]) == (2, 1)
+  assert r["shown"].tolist() == [True, False, False]
+  # Fractional boxes: pixels whose centre is inside (rows 0-1, columns 0-2: half in row 0, which
+  # the mask leaves out); a box outside the image covers nothing.
+  mask = np.ones((4, 4), bool)
+  mask[0] = False
+  np.testing.assert_allclose(
+    analysis.box_coverage(np.array([[0.4, 0.4, 2.6, 2.4], [5, 5, 9, 9]]), mask), [0.5, 0.0]
+  )
+
+
+def _write_events(workdir, rows):
+  writer = metric_writers.create_default_writer(workdir)
+  for step, scalars in rows:
+    writer.write_scalars(step, scalars)
+  writer.flush()
+  writer.close()
+
+
+def test_curves_read_back_from_event_files(tmp_path):
+  rows = [
+    (s, {"train/fg_rois_per_2000": 100.0 * s, "train/rpn_det/objectness": 1.0 / s,
+         "train/rpn_det/box": 0.5, "train/rpn_mask/objectness": 2.0 / s,
+         "train/rpn_mask/box": 0.25 * s})
+    for s in (10, 20, 30)
+  ]  # fmt: skip
+  _write_events(str(tmp_path / "run"), rows)
+  steps, values = analysis.fg_roi_series(str(tmp_path / "run"))
+  np.testing.assert_array_equal(steps, [10, 20, 30])
+  np.testing.assert_allclose(values, [1000, 2000, 3000])
+  losses = analysis.loss_series(str(tmp_path / "run"))
+  np.testing.assert_allclose(losses["train/rpn_mask/objectness"][1], [0.2, 0.1, 2 / 30], rtol=1e-6)
+  np.testing.assert_allclose(losses["train/rpn_mask/box"][1], [2.5, 5.0, 7.5])
+  # An older run with only the fraction; a baseline run without RPN_mask losses.
+  _write_events(str(tmp_path / "old"), [(5, {"train/fg_roi_fraction": 0.25,
+                                             "train/rpn_det/box": 1.0})])  # fmt: skip
+  np.testing.assert_allclose(analysis.fg_roi_series(str(tmp_path / "old"))[1], [500.0])
+  with pytest.raises(ValueError, match="needs a SegRPN run"):
+    analysis.loss_series(str(tmp_path / "old"))
+  with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
+    analysis.read_scalars(str(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------------
+# The figures on a tiny trained run.
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A 2-step SegRPN run (roi+rpn) of the tiny synthetic config."""
+  config = tiny_train_config(str(tmp_path_factory.mktemp("tfds")))
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+@pytest.fixture(scope="module")
+def figures():
+  return runpy.run_path(SCRIPT, run_name="figures")["main"]
+
+
+@pytest.mark.parametrize("figure", ["rpn-maps", "proposal-filtering", "loss-curves", "fg-rois",
+                                    "scale-division", "missed-objects"])  # fmt: skip
+def test_every_figure_writes_a_png(run, figures, figure, tmp_path):
+  _, workdir = run
+  output = str(tmp_path / f"{figure}.png")
+  assert figures([figure, "--workdir", workdir, "--output", output, "--image", "1"]) == 0
+  with Image.open(output) as png:
+    assert png.format == "PNG" and png.width > 100 and png.height > 100
+
+
+def test_figure_numbers_on_the_trained_run(run):
+  config, workdir = run
+  config, model, variables = analysis.load_run(workdir, "test")
+  batch = analysis.eval_example(config, 1)
+  out = jax.device_get(api.predict(model, variables, batch["image"], fusion="roi+rpn"))
+  proposals = {k: np.asarray(v[0]) for k, v in out["proposals"].items()}
+  anchors = analysis.run_anchors(config)
+  args = (anchors, tuple(config.data.image_size), tuple(config.model.anchor.strides), proposals,
+          batch["boxes"][0], batch["valid"][0])  # fmt: skip
+  _check_filtering(analysis.proposal_filtering(*args), _recount(*args))
+  # Fig. 6's series is Fig. 6's axis: the logged fraction x 2000 at every logged step.
+  scalars = analysis.read_scalars(workdir)
+  steps, per_2000 = analysis.fg_roi_series(workdir)
+  np.testing.assert_array_equal(steps, [1, 2])
+  np.testing.assert_allclose(per_2000, 2000 * scalars["train/fg_roi_fraction"][1], rtol=1e-6)
+  maps = analysis.rpn_map_images(jax.device_get(api.rpn_maps(model, variables, batch["image"])))
+  assert maps["P4"]["fused_objectness/roi+rpn"].shape == (64 // 16, 128 // 16)
+
+
+def test_bad_input_is_one_readable_error(run, figures, tmp_path, capsys):
+  config, workdir = run
+  output = str(tmp_path / "x.png")
+  assert figures(["rpn-maps", "--workdir", workdir, "--output", output, "--image", "4"]) == 2
+  assert "image 4 is not in the validation split, which has 4 images" in capsys.readouterr().err
+  empty = str(tmp_path / "empty")
+  checkpointing.save_config(empty, config)  # a run that never saved a checkpoint
+  assert figures(["missed-objects", "--workdir", empty, "--output", output]) == 2
+  assert "has no checkpoint" in capsys.readouterr().err
+  baseline = config.copy_and_resolve_references()
+  baseline.model.class_agnostic = False
+  checkpointing.save_config(str(tmp_path / "baseline"), baseline)
+  assert figures(["loss-curves", "--workdir", str(tmp_path / "baseline"), "--output", output]) == 2
+  assert "is a baseline run" in capsys.readouterr().err and not os.path.exists(output)
+  assert figures(["fg-rois", "--workdir", str(tmp_path), "--output", output]) == 2
+  assert "no TensorBoard event files" in capsys.readouterr().err
