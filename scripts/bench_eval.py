@@ -2,6 +2,7 @@
 
   python scripts/bench_eval.py                    # both parts
   python scripts/bench_eval.py --skip-model       # only the COCOeval timings
+  python scripts/bench_eval.py --skip-cocoeval --repeats 20  # only the fusion timings
   python scripts/bench_eval.py --pycocotools 50   # also pycocotools on 50 images, for reference
 
 COCOeval: 500 images (Cityscapes val) x 100 detections of 8 classes x 20 ground-truth boxes
@@ -132,11 +133,13 @@ def bench_fusions(batch_size: int, repeats: int) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--skip-model", action="store_true")
+  parser.add_argument("--skip-cocoeval", action="store_true")
   parser.add_argument("--pycocotools", type=int, default=0, metavar="N")
   parser.add_argument("--batch-size", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  bench_cocoeval(args.pycocotools)
+  if not args.skip_cocoeval:
+    bench_cocoeval(args.pycocotools)
   if not args.skip_model:
     bench_fusions(args.batch_size, args.repeats)
 

@@ -4,7 +4,7 @@ Detection metrics are computed on COCO exports (`to_coco_ground_truth`, `to_coco
 same dicts evaluation writes to disk, so anyone can re-score them with pycocotools. The scorer
 is faster-coco-eval's `COCOeval_faster`, a C++ port of pycocotools' `COCOeval` with the same
 numbers (tests/test_metrics.py checks it against pycocotools): pycocotools' pure-Python
-matching takes about 11 minutes for AR@1000 on 500 images, faster-coco-eval a few seconds.
+matching takes about 11 minutes for AR@1000 on 500 images, faster-coco-eval about 15 seconds.
 
 - `detection_ap`: COCOeval bbox at IoU 0.5, maxDets 100 (per image and category), 101-point
   AP per category; 'mAP50' averages the categories with non-ignored ground truth (NaN when
