@@ -121,20 +121,23 @@ class _CocoCollector:
         for key in self.props[f]:
           self.props[f][key].append(fused["proposals"][key][i])
 
-  def exports(self, fusion: str, image_size, max_proposals: int) -> tuple[dict, list, list]:
-    """(ground_truth, detections, proposals) of one fusion; images have ids 1, 2, ..."""
-    ids = range(1, len(self.gt["boxes"]) + 1)
-    ground_truth = metrics.to_coco_ground_truth(
-      ids, self.gt["boxes"], self.gt["classes"], self.gt["crowd"], self.gt["valid"],
-      file_names=self.gt["file_names"], image_size=image_size,
+  def ground_truth(self, image_size) -> dict:
+    """The ground truth as a COCO dataset dict; images have ids 1, 2, ... in evaluation order."""
+    return metrics.to_coco_ground_truth(
+      range(1, len(self.gt["boxes"]) + 1), self.gt["boxes"], self.gt["classes"],
+      self.gt["crowd"], self.gt["valid"], file_names=self.gt["file_names"], image_size=image_size,
     )  # fmt: skip
+
+  def results(self, fusion: str, max_proposals: int) -> tuple[list, list]:
+    """(detections, proposals) of one fusion as COCO results; proposals class-agnostic."""
+    ids = range(1, len(self.gt["boxes"]) + 1)
     d, p = self.dets[fusion], self.props[fusion]
     detections = metrics.to_coco_json(ids, d["boxes"], d["scores"], d["classes"], d["valid"])
     ones = [np.ones(len(b), np.int32) for b in p["boxes"]]  # class-agnostic: category 1
     proposals = metrics.to_coco_json(
       ids, p["boxes"], p["scores"], ones, p["valid"], max_per_image=max_proposals
     )
-    return ground_truth, detections, proposals
+    return detections, proposals
 
 
 def evaluate_variables(
@@ -230,10 +233,9 @@ def _detection_metrics(config, collector, fusions, step, workdir) -> dict:
   area_ranges = metrics.level_area_ranges(m.scale_case, m.size_scale)
   max_proposals = config.eval.max_proposals
   results = {}
+  ground_truth = collector.ground_truth(tuple(config.data.image_size))
   for fusion in fusions:
-    ground_truth, detections, proposals = collector.exports(
-      fusion, tuple(config.data.image_size), max_proposals
-    )
+    detections, proposals = collector.results(fusion, max_proposals)
     scores = {
       **metrics.detection_ap(ground_truth, detections, area_ranges),
       **metrics.proposal_recall(ground_truth, proposals, max_proposals, area_ranges),
