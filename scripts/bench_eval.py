@@ -97,6 +97,12 @@ def tiny_config():
   return c
 
 
+def _eval_step(model, variables, batch, fusions, config):
+  return jax.block_until_ready(
+    evaluate.eval_step(model, variables, batch, fusions, config.model.num_semantic_classes)
+  )
+
+
 def bench_fusions(batch_size: int, repeats: int) -> None:
   config = tiny_config()
   model = api.create_model(config)
@@ -109,23 +115,22 @@ def bench_fusions(batch_size: int, repeats: int) -> None:
     "crowd": np.zeros((batch_size, h, w), bool),
     "example_mask": np.ones(batch_size, bool),
   }
-  times = {}
-  for fusions in ((config.model.fusion.inference,), evaluate.evaluated_fusions(config)):
-    run = lambda f=fusions: jax.block_until_ready(
-      evaluate.eval_step(model, variables, batch, f, config.model.num_semantic_classes)
-    )
+  settings = ((config.model.fusion.inference,), evaluate.evaluated_fusions(config))
+  runs = {}
+  for fusions in settings:
     start = time.perf_counter()
-    run()
-    compile_s = time.perf_counter() - start
-    runs = []
-    for _ in range(repeats):
+    _eval_step(model, variables, batch, fusions, config)
+    print(f"eval_step {fusions}: first call (compile) {time.perf_counter() - start:.1f} s")
+    runs[fusions] = []
+  for _ in range(repeats):  # alternated, so a change of machine load hits both alike
+    for fusions in settings:
       start = time.perf_counter()
-      run()
-      runs.append(time.perf_counter() - start)
-    times[fusions] = float(np.median(runs))
-    load = os.getloadavg()[0]
-    print(f"eval_step {fusions}: first call {compile_s:.1f} s, warm median "
-          f"{times[fusions] * 1e3:.1f} ms (batch {batch_size}, load {load:.1f})")  # fmt: skip
+      _eval_step(model, variables, batch, fusions, config)
+      runs[fusions].append(time.perf_counter() - start)
+  times = {f: float(np.median(r)) for f, r in runs.items()}
+  for fusions, seconds in times.items():
+    print(f"eval_step {fusions}: warm median {seconds * 1e3:.1f} ms (batch {batch_size}, "
+          f"load {os.getloadavg()[0]:.1f})")  # fmt: skip
   one, every = times.values()
   print(f"all fusions / one fusion: {every / one:.2f}x")
 
