@@ -1,7 +1,7 @@
 """Pure functions for building, initialising and running SegRPN (inference and analysis).
 
-`predict` and `rpn_maps` are jitted with the model (hashable: its config is a FrozenConfigDict)
-and `fusion` as static arguments, so each (model, fusion) compiles once.
+`predict`, `predict_fusions` and `rpn_maps` are jitted with the model (hashable: its config is a
+FrozenConfigDict) and `fusion`(s) as static arguments, so each (model, fusion) compiles once.
 """
 
 import functools
@@ -40,6 +40,44 @@ def predict(model: SegRPN, variables: dict, images: jax.Array, fusion: str | Non
   out = model.apply(variables, images, train=False, fusion=fusion)
   out.pop("rpn_logits")  # every anchor's logit: for tests and analysis, not for evaluation
   return out
+
+
+@functools.partial(jax.jit, static_argnames=("model", "fusions"))
+def predict_fusions(
+  model: SegRPN, variables: dict, images: jax.Array, fusions: tuple[str, ...]
+) -> dict:
+  """Inference under several RPN fusions at once (evaluation scores every one in one pass).
+
+  Args:
+    model: the SegRPN module (static).
+    variables: its variables.
+    images: [B, H, W, 3] normalised images of config.data.image_size.
+    fusions: a non-empty tuple of fusions ('none', 'rpn', 'roi', 'roi+rpn'). Static.
+
+  Returns:
+    {'fusions': {fusion: {'detections': {boxes [B, 100, 4], scores, classes (1..K), valid},
+    'proposals': {boxes [B, P, 4], scores, logits, valid}}}} plus the fusion-independent
+    outputs: with a semantic head semantic_labels [B, H, W], semantic_logits and
+    semantic_foreground_prob [B, H, W] (the semantic head's thing probability); with the
+    class-agnostic module class_agnostic_prob [B, H, W] (the union of its levels) and
+    class_agnostic_logits (list of [B, H_l, W_l], P2..P6).
+  """
+  if not fusions:
+    raise ValueError("predict_fusions: fusions is empty; pass e.g. ('roi+rpn', 'none').")
+  per_fusion, shared = {}, {}
+  for fusion in fusions:
+    out = model.apply(variables, images, train=False, fusion=fusion)
+    per_fusion[fusion] = {"detections": out["detections"], "proposals": out["proposals"]}
+    shared = shared or out
+  result = {"fusions": per_fusion}
+  if "semantic_labels" in shared:
+    result["semantic_labels"] = shared["semantic_labels"]
+    result["semantic_logits"] = shared["semantic_logits"]
+    result["semantic_foreground_prob"] = shared["foreground_prob"]
+  if "class_agnostic_prob" in shared:
+    result["class_agnostic_prob"] = shared["class_agnostic_prob"]
+    result["class_agnostic_logits"] = shared["class_agnostic_logits"]
+  return result
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -1,8 +1,12 @@
-"""Evaluation on the validation split: mAP50 (and per class), mIoU (and per class), mIoU*, AR@1000.
+"""Evaluation on the validation split: mAP50, AR@1000 (per class and per FPN level), mIoU, mIoU*.
 
-When the model runs a fusion at inference, the same pass over the data also evaluates it with
-the fusion switched off ('none'), the paper's "w/o ... during inference" rows; those numbers
-carry the prefix `without_fusion/`.
+One pass over the data runs the model under every inference fusion obtained by switching parts
+of the training fusion off (the paper's "w/o ... during inference" rows): their metrics carry
+the prefix `inference/<fusion>/`; the unprefixed detection metrics are those of
+config.model.fusion.inference. Detection metrics are COCOeval's on COCO exports that
+evaluation writes to `workdir/eval_<step>/` (ground_truth.json, detections.json of the
+inference fusion, proposals.json: its top config.eval.max_proposals proposals per image), so
+they can be re-scored with pycocotools.
 """
 
 import functools
@@ -15,12 +19,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers
+from tqdm import tqdm
 
 from segrpn_jax import api, input_pipeline, metrics, parallel, run_config, summaries
 from segrpn_jax.datasets import labels
 
-# Binary foreground maps scored against labels.THING_TRAIN_IDS: metric name -> model output.
-BINARY_MAPS = {"mIoU*": "foreground_prob", "mIoU*/class_agnostic": "class_agnostic_prob"}
+# Binary foreground maps scored against `foreground_labels`: metric name -> model output.
+# 'mIoU*' is the class-agnostic module's map, so the baseline (without it) has no 'mIoU*'.
+BINARY_MAPS = {"mIoU*": "class_agnostic_prob", "mIoU*/semantic": "semantic_foreground_prob"}
+_ID_BYTES = 256  # tfds image ids travel between processes as fixed-width bytes
 
 
 def foreground_labels(semantic_bxhxw: jax.Array, crowd_bxhxw: jax.Array) -> jax.Array:
@@ -33,18 +40,36 @@ def foreground_labels(semantic_bxhxw: jax.Array, crowd_bxhxw: jax.Array) -> jax.
   return jnp.where((semantic_bxhxw == 255) | crowd_bxhxw, 255, fg)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "fusion", "num_classes"))
-def eval_step(model, variables, batch, fusion, num_classes):
-  """Inference on one batch plus the two confusion matrices (computed on device).
+def _inference_fusions(train_fusion: str) -> tuple[str, ...]:
+  """The fusions a run trained with `train_fusion` is evaluated under: every subset of its
+  parts, the full fusion first ('roi+rpn' -> roi+rpn, roi, rpn, none)."""
+  return {
+    "roi+rpn": ("roi+rpn", "roi", "rpn", "none"),
+    "roi": ("roi", "none"),
+    "rpn": ("rpn", "none"),
+    "none": ("none",),
+  }[train_fusion]
+
+
+def evaluated_fusions(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """config.model.fusion.inference first, then the other fusions of the training fusion."""
+  inference = config.model.fusion.inference
+  others = [f for f in _inference_fusions(config.model.fusion.train) if f != inference]
+  return (inference, *others)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "fusions", "num_classes"))
+def eval_step(model, variables, batch, fusions, num_classes):
+  """Inference under `fusions` on one batch plus the confusion matrices (computed on device).
 
   Returns:
-    (outputs, semantic confusion [K, K], {binary metric name: foreground confusion [2, 2]}
-    for each BINARY_MAPS output the model has); padding examples of the
-    last batch (example_mask False) add nothing to the matrices.
+    (outputs of api.predict_fusions, semantic confusion [K, K] or None without a semantic head,
+    {binary metric name: foreground confusion [2, 2]} for each BINARY_MAPS output the model
+    has); padding examples of the last batch (example_mask False) add nothing to the matrices.
   """
-  out = api.predict(model, variables, batch["image"], fusion=fusion)
+  out = api.predict_fusions(model, variables, batch["image"], fusions)
   mask = batch["example_mask"]
-  semantic_cm = None  # plain Faster R-CNN (semantic_head False) has no semantic map
+  semantic_cm = None
   if "semantic_labels" in out:
     semantic_cm = metrics.confusion_matrix_update(
       out["semantic_labels"], batch["semantic"], num_classes, mask=mask
@@ -55,33 +80,64 @@ def eval_step(model, variables, batch, fusion, num_classes):
     for name, key in BINARY_MAPS.items()
     if key in out
   }
-  return out, semantic_cm, binary_cms
+  # Only what the host needs leaves the device (not the per-level logits).
+  host_out = {k: out[k] for k in ("fusions", "semantic_labels") if k in out}
+  return host_out, semantic_cm, binary_cms
 
 
-class _DetectionMetrics:
-  """mAP50 and AR@1000 for one inference fusion setting."""
+def _encode_ids(image_ids) -> np.ndarray:
+  """tfds image ids (bytes) -> uint8 [B, _ID_BYTES], so processes can all-gather them."""
+  out = np.zeros((len(image_ids), _ID_BYTES), np.uint8)
+  for i, image_id in enumerate(image_ids):
+    raw = bytes(image_id)
+    if len(raw) > _ID_BYTES:
+      raise ValueError(f"image_id {raw[:60]!r}... is longer than {_ID_BYTES} bytes")
+    out[i, : len(raw)] = np.frombuffer(raw, np.uint8)
+  return out
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.ap = metrics.DetectionAP(num_classes=config.model.num_classes)
-    self.recall = metrics.ProposalRecall(max_proposals=config.eval.max_proposals)
+
+class _CocoCollector:
+  """Per-image ground truth and every fusion's detections and proposals, for the COCO exports."""
+
+  def __init__(self, fusions: tuple[str, ...]):
+    self.gt = {"boxes": [], "classes": [], "valid": [], "crowd": [], "file_names": []}
+    self.dets = {f: {"boxes": [], "scores": [], "classes": [], "valid": []} for f in fusions}
+    self.props = {f: {"boxes": [], "scores": [], "valid": []} for f in fusions}
 
   def add(self, out: dict, batch: dict) -> None:
-    det, prop = out["detections"], out["proposals"]
     for i in np.flatnonzero(batch["example_mask"]):
-      gt_boxes, gt_classes, gt_valid, gt_crowd = metrics.with_crowd_regions(
-        batch["boxes"][i], batch["classes"][i], batch["valid"][i],
-        batch["crowd_boxes"][i], batch["crowd_valid"][i],
-      )  # fmt: skip
-      self.ap.add(
-        det["boxes"][i], det["scores"][i], det["classes"][i], det["valid"][i],
-        gt_boxes, gt_classes, gt_valid, gt_crowd,
-      )  # fmt: skip
-      self.recall.add(
-        prop["boxes"][i], prop["valid"][i], gt_boxes, gt_valid, gt_crowd, scores=prop["scores"][i]
+      crowd_boxes, crowd_classes = input_pipeline.crowd_regions(
+        batch["crowd"][i], batch["semantic"][i]
       )
+      boxes, classes, valid, crowd = metrics.with_crowd_regions(
+        batch["boxes"][i], batch["classes"][i], batch["valid"][i], crowd_boxes, crowd_classes
+      )
+      for key, value in zip(self.gt, (boxes, classes, valid, crowd), strict=False):
+        self.gt[key].append(value)  # the first four keys; file_names below
+      self.gt["file_names"].append(bytes(batch["image_id"][i]).rstrip(b"\0").decode())
+      for f, fused in out["fusions"].items():
+        for key in self.dets[f]:
+          self.dets[f][key].append(fused["detections"][key][i])
+        for key in self.props[f]:
+          self.props[f][key].append(fused["proposals"][key][i])
 
-  def result(self) -> dict:
-    return {**self.ap.result(), **self.recall.result()}
+  def ground_truth(self, image_size) -> dict:
+    """The ground truth as a COCO dataset dict; images have ids 1, 2, ... in evaluation order."""
+    return metrics.to_coco_ground_truth(
+      range(1, len(self.gt["boxes"]) + 1), self.gt["boxes"], self.gt["classes"],
+      self.gt["crowd"], self.gt["valid"], file_names=self.gt["file_names"], image_size=image_size,
+    )  # fmt: skip
+
+  def results(self, fusion: str, max_proposals: int) -> tuple[list, list]:
+    """(detections, proposals) of one fusion as COCO results; proposals class-agnostic."""
+    ids = range(1, len(self.gt["boxes"]) + 1)
+    d, p = self.dets[fusion], self.props[fusion]
+    detections = metrics.to_coco_json(ids, d["boxes"], d["scores"], d["classes"], d["valid"])
+    ones = [np.ones(len(b), np.int32) for b in p["boxes"]]  # class-agnostic: category 1
+    proposals = metrics.to_coco_json(
+      ids, p["boxes"], p["scores"], ones, p["valid"], max_per_image=max_proposals
+    )
+    return detections, proposals
 
 
 def evaluate_variables(
@@ -101,17 +157,19 @@ def evaluate_variables(
     variables: its variables.
     eval_data: re-iterable NumPy batches (input_pipeline.create_eval_dataset).
     step: the training step the variables belong to (for file names and summaries).
-    workdir: where `metrics_<step>.json` is written (None: nowhere).
+    workdir: where `metrics_<step>.json` and the COCO exports `eval_<step>/ground_truth.json`,
+      `detections.json`, `proposals.json` are written, by process 0 (None: nowhere).
     writer: a CLU writer for scalars and image summaries (None: none).
 
   Returns:
-    {'mAP50', 'AP50/<class>', 'AR@1000', 'mIoU', 'IoU/<class>', 'pixel_accuracy', 'mIoU*',
-    'mIoU*/class_agnostic' (with the class-agnostic module), ...};
-    with an inference fusion also the same detection metrics under 'without_fusion/'.
+    {'mAP50', 'AP50/<class>', 'AP50/L<l>', 'AR@<P>', 'AR@<P>/L<l>' (P =
+    config.eval.max_proposals; level keys only for levels with ground truth) of
+    config.model.fusion.inference, the same under 'inference/<fusion>/' for every evaluated
+    fusion, 'mIoU', 'IoU/<class>', 'pixel_accuracy' (with a semantic head), 'mIoU*' (with the
+    class-agnostic module) and 'mIoU*/semantic' (with a semantic head)}.
   """
-  fusion = config.model.fusion.inference
-  fusions = [fusion] + (["none"] if fusion != "none" else [])
-  detection = {f: _DetectionMetrics(config) for f in fusions}
+  fusions = evaluated_fusions(config)
+  collector = _CocoCollector(fusions)
   semantic = metrics.ConfusionMatrix(
     config.model.num_semantic_classes, class_names=metrics.CITYSCAPES_CLASSES
   )
@@ -121,32 +179,42 @@ def evaluate_variables(
   images = []
   mesh = parallel.make_mesh()
   sharding = parallel.data_sharding(mesh)
+  num_examples = getattr(eval_data, "num_examples", None)
+  if num_examples is not None:  # every process shows the whole split's count
+    num_examples = int(parallel.gather_host(np.asarray([num_examples])).sum())
+  # disable=None: a bar on a terminal, nothing in redirected logs; only process 0 draws it.
+  progress = tqdm(
+    total=num_examples, desc=f"eval step {step}", unit="img",
+    disable=None if jax.process_index() == 0 else True,
+  )  # fmt: skip
   for batch in eval_data:
     device_batch = parallel.shard_batch(batch, sharding, input_pipeline.EVAL_DEVICE_KEYS)
     # Every process scores the whole global batch, so the host metrics see every image.
-    batch = parallel.gather_host({k: v for k, v in batch.items() if k != "image_id"})
-    for f in fusions:
-      out, semantic_cm, binary_cms = eval_step(
-        model, variables, device_batch, f, config.model.num_semantic_classes
-      )
-      out, semantic_cm, binary_cms = parallel.to_host((out, semantic_cm, binary_cms))
-      detection[f].add(out, batch)
-      if f == fusion:  # the segmentation outputs do not depend on the RPN fusion
-        if semantic_cm is not None:
-          semantic.add_matrix(np.asarray(semantic_cm))
-        for name, matrix in binary_cms.items():
-          binary[name].add_matrix(np.asarray(matrix))
-        if len(images) < config.eval.num_image_summaries:
-          images += _summary_images(out, batch)[: config.eval.num_image_summaries - len(images)]
+    host_batch = {k: v for k, v in batch.items() if k != "image_id"}
+    host_batch["image_id"] = _encode_ids(batch["image_id"])
+    batch = parallel.gather_host(host_batch)
+    out, semantic_cm, binary_cms = eval_step(
+      model, variables, device_batch, fusions, config.model.num_semantic_classes
+    )
+    out, semantic_cm, binary_cms = parallel.to_host((out, semantic_cm, binary_cms))
+    collector.add(out, batch)
+    if semantic_cm is not None:
+      semantic.add_matrix(np.asarray(semantic_cm))
+    for name, matrix in binary_cms.items():
+      binary[name].add_matrix(np.asarray(matrix))
+    if len(images) < config.eval.num_image_summaries:
+      images += _summary_images(out, batch, fusions[0])[
+        : config.eval.num_image_summaries - len(images)
+      ]
+    progress.update(int(np.sum(batch["example_mask"])))
+  progress.close()
 
-  results = detection[fusion].result()
+  results = _detection_metrics(config, collector, fusions, step, workdir)
   if config.model.semantic_head:
     results.update(semantic.result())
   for name, matrix in binary.items():
     if matrix.matrix.any():
       results[name] = matrix.result()["mIoU"]
-  for f in fusions[1:]:
-    results.update({f"without_fusion/{k}": v for k, v in detection[f].result().items()})
   results = {k: float(v) for k, v in results.items()}
   logging.info("Eval at step %d: %s", step, {k: round(v, 4) for k, v in results.items()})
   if workdir is not None and jax.process_index() == 0:
@@ -159,10 +227,38 @@ def evaluate_variables(
   return results
 
 
-def _summary_images(out: dict, batch: dict) -> list[np.ndarray]:
-  """Per example: detections on the image beside the predicted semantic overlay."""
+def _detection_metrics(config, collector, fusions, step, workdir) -> dict:
+  """COCOeval's detection metrics of every fusion; writes the inference fusion's exports."""
+  m = config.model
+  area_ranges = metrics.level_area_ranges(m.scale_case, m.size_scale)
+  max_proposals = config.eval.max_proposals
+  results = {}
+  ground_truth = collector.ground_truth(tuple(config.data.image_size))
+  for fusion in fusions:
+    detections, proposals = collector.results(fusion, max_proposals)
+    scores = {
+      **metrics.detection_ap(ground_truth, detections, area_ranges),
+      **metrics.proposal_recall(ground_truth, proposals, max_proposals, area_ranges),
+    }
+    results.update({f"inference/{fusion}/{k}": v for k, v in scores.items()})
+    if fusion != fusions[0]:
+      continue
+    results.update(scores)
+    if workdir is not None and jax.process_index() == 0:
+      folder = os.path.join(workdir, f"eval_{step}")
+      os.makedirs(folder, exist_ok=True)
+      for name, content in (
+        ("ground_truth", ground_truth), ("detections", detections), ("proposals", proposals)
+      ):  # fmt: skip
+        with open(os.path.join(folder, f"{name}.json"), "w") as f:
+          json.dump(content, f)
+  return results
+
+
+def _summary_images(out: dict, batch: dict, fusion: str) -> list[np.ndarray]:
+  """Per example: `fusion`'s detections on the image beside the predicted semantic overlay."""
   pictures = []
-  det = out["detections"]
+  det = out["fusions"][fusion]["detections"]
   for i in np.flatnonzero(batch["example_mask"]):
     rgb = summaries.denormalize(batch["image"][i])
     boxes = summaries.draw_boxes(rgb, det["boxes"][i], det["classes"][i], det["valid"][i])

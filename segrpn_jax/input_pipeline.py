@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from scipy import ndimage
 
 import segrpn_jax.datasets  # noqa: F401  (registers the builders with tfds)
 from segrpn_jax.datasets import cityscapes_instances, labels
@@ -124,7 +125,11 @@ def per_process_batch_size(global_batch_size: int, key: str, process_count: int)
 
 
 def _crowd_boxes(crowd_hxw: tf.Tensor, semantic_hxw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """Per thing class, the pixel extent [x1, y1, x2, y2] of its crowd pixels and whether any."""
+  """Per thing class, the pixel extent [x1, y1, x2, y2] of its crowd pixels and whether any.
+
+  Evaluation does not use these boxes (it scores each connected group as its own region, see
+  `crowd_regions`); they stay in the batch contract for callers that want one box per class.
+  """
   num = labels.NUM_THING_CLASSES
   # Crowd pixels are few: reduce over their coordinates rather than over [H, W, 8] masks.
   rows_cols = tf.cast(tf.where(crowd_hxw), tf.int32)  # [M, 2]
@@ -136,6 +141,38 @@ def _crowd_boxes(crowd_hxw: tf.Tensor, semantic_hxw: tf.Tensor) -> tuple[tf.Tens
   valid = tf.math.unsorted_segment_sum(tf.ones_like(thing), thing, num) > 0
   boxes = tf.cast(tf.stack([low[:, 1], low[:, 0], high[:, 1], high[:, 0]], axis=1), tf.float32)
   return tf.where(valid[:, None], boxes, 0.0), valid
+
+
+def crowd_regions(crowd_hxw: np.ndarray, semantic_hxw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """One image's crowd groups as COCO ignore regions: each 8-connected component of one thing
+  class's crowd pixels is its own region (host-side, NumPy; evaluation calls it per image).
+
+  Two groups of a class far apart are two regions, so a detection between them is scored;
+  one box around both (the `crowd_boxes` batch key) would swallow it.
+
+  Args:
+    crowd_hxw: bool [H, W], the batch's `crowd`.
+    semantic_hxw: int [H, W] trainIds, the batch's `semantic`; a crowd pixel's class is its
+      thing trainId (crowd pixels of other trainIds are no region).
+
+  Returns:
+    (boxes [K, 4] float32 xyxy pixel extents, x2/y2 one past the last pixel; classes [K] int32
+    in 1..8), class by class, components in scipy.ndimage.label's (raster) order.
+  """
+  crowd_hxw, semantic_hxw = np.asarray(crowd_hxw, bool), np.asarray(semantic_hxw)
+  if crowd_hxw.ndim != 2 or crowd_hxw.shape != semantic_hxw.shape:
+    raise ValueError(
+      f"crowd_regions: crowd {crowd_hxw.shape} and semantic {semantic_hxw.shape} must be the "
+      "same [H, W] maps of one image"
+    )
+  boxes, classes = [], []
+  eight_connected = np.ones((3, 3), bool)
+  for c, train_id in enumerate(labels.THING_TRAIN_IDS, start=1):
+    components, _ = ndimage.label(crowd_hxw & (semantic_hxw == train_id), eight_connected)
+    for rows, cols in ndimage.find_objects(components):
+      boxes.append((cols.start, rows.start, cols.stop, rows.stop))
+      classes.append(c)
+  return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int32)
 
 
 def _resize(image_hxwxc: tf.Tensor, image_size, method: str) -> tf.Tensor:

@@ -1,4 +1,4 @@
-"""Metrics against pycocotools' COCOeval and hand-computed cases."""
+"""The COCOeval adapter against pycocotools and hand-computed cases; confusion matrices."""
 
 import contextlib
 import copy
@@ -40,17 +40,17 @@ def _cocoeval(gt_dataset, detections, **params):
   return ev
 
 
-def _coco_ap50(ev, num_classes=8):
+def _coco_ap50(ev, num_classes=8, area=0):
   """Per-class AP50 (NaN for classes without ground truth) and their mean, from COCOeval."""
-  precision = ev.eval["precision"][0, :, :, 0, 0]  # [R, K]
+  precision = ev.eval["precision"][0, :, :, area, 0]  # [R, K]
   per_class = [p.mean() if (p > -1).all() else np.nan for p in precision.T]
   assert len(per_class) == num_classes
   valid = precision[precision > -1]
   return per_class, (valid.mean() if valid.size else np.nan)
 
 
-def _coco_ar(ev):
-  recall = ev.eval["recall"][:, 0, 0, 0]
+def _coco_ar(ev, area=0):
+  recall = ev.eval["recall"][:, 0, area, 0]
   return recall.mean() if (recall > -1).all() else np.nan
 
 
@@ -70,7 +70,7 @@ def _random_image(rng, num_gt, num_dt, crowd_fraction=0.3):
   crowd_valid = (rng.random(8) < crowd_fraction) & (num_gt > 0)
   boxes, classes, valid, crowd = metrics.with_crowd_regions(
     _pad(gt, 0.0), _pad(gt_classes, 0), _pad(np.ones(num_gt, bool), False),
-    crowd_boxes.astype(np.float32), crowd_valid,
+    crowd_boxes[crowd_valid].astype(np.float32), np.arange(1, 9)[crowd_valid],
   )  # fmt: skip
   # Detections: ground truth (crowd included) jittered at several scales, plus clutter.
   sources = np.flatnonzero(valid)
@@ -125,6 +125,29 @@ def _independent_coco(images, agnostic=False):
   return dataset, results
 
 
+def _exports(images, agnostic=False, max_per_image=None):
+  """Ground truth and results of padded per-image arrays through the adapter's exporters."""
+  ids = range(1, len(images) + 1)
+  get = lambda key: [im[key] for im in images]
+  classes = [np.ones_like(c) for c in get("pred_classes")] if agnostic else get("pred_classes")
+  ground_truth = metrics.to_coco_ground_truth(
+    ids, get("gt_boxes"), get("gt_classes"), get("gt_crowd"), get("gt_valid")
+  )
+  results = metrics.to_coco_json(
+    ids, get("pred_boxes"), get("pred_scores"), classes, get("pred_valid"), max_per_image
+  )
+  return ground_truth, results
+
+
+def _ap(images, **kwargs):
+  return metrics.detection_ap(*_exports(images), **kwargs)
+
+
+def _ar(images, max_proposals=1000, **kwargs):
+  ground_truth, results = _exports(images, agnostic=True, max_per_image=max_proposals)
+  return metrics.proposal_recall(ground_truth, results, max_proposals, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def detection_images():
   rng = np.random.default_rng(0)
@@ -139,31 +162,44 @@ def detection_images():
   return images
 
 
-def test_detection_ap_equals_cocoeval(detection_images):
-  ap = metrics.DetectionAP()
-  for im in detection_images:
-    ap.add(**im)
-  ours = ap.result()
+_LEVELS = {"L2": (0.0, 900.0), "L3": (900.0, 3600.0), "L4": (3600.0, 1e10), "L9": (1e9, 1e10)}
+
+
+def test_detection_ap_equals_pycocotools(detection_images):
+  ours = _ap(detection_images, area_ranges=_LEVELS)
   ours_per_class = [ours[f"AP50/{n}"] for n in metrics.THING_CLASSES]
-  gt, dt = _independent_coco(detection_images)
-  for dataset, results in ((gt, dt), (ap.coco_ground_truth(), ap.coco_detections())):
-    coco_per_class, coco_map = _coco_ap50(_cocoeval(dataset, results, **_AP_PARAMS))
-    np.testing.assert_allclose(ours_per_class, coco_per_class, atol=1e-6)
-    np.testing.assert_allclose(ours["mAP50"], coco_map, atol=1e-6)
+  ranges = {"areaRng": [[0, 1e10], *map(list, _LEVELS.values())], "areaRngLbl": ["all", *_LEVELS]}
+  coco = _cocoeval(*_independent_coco(detection_images), **{**_AP_PARAMS, **ranges})
+  coco_per_class, coco_map = _coco_ap50(coco)
+  np.testing.assert_allclose(ours_per_class, coco_per_class, atol=1e-12)
+  np.testing.assert_allclose(ours["mAP50"], coco_map, atol=1e-12)
+  for area, level in enumerate(_LEVELS, start=1):
+    _, coco_level = _coco_ap50(coco, area=area)
+    if np.isnan(coco_level):  # no ground truth in the range: no key at all
+      assert f"AP50/{level}" not in ours, level
+    else:
+      assert ours[f"AP50/{level}"] == pytest.approx(coco_level, abs=1e-12), level
+  assert {"AP50/L2", "AP50/L3", "AP50/L4"} <= set(ours) and "AP50/L9" not in ours
   # Classes 1..5 have ground truth; 6 and 7 only false positives, 8 nothing: left out.
   assert np.isfinite(ours_per_class[:5]).all() and np.isnan(ours_per_class[5:]).all()
   assert 0.05 < ours["mAP50"] < 0.95  # the data is neither trivial nor hopeless
 
 
 def test_exports_match_independent_construction(detection_images):
-  ap = metrics.DetectionAP()
-  for im in detection_images:
-    ap.add(**im)
+  ground_truth, results = _exports(detection_images)
   gt, dt = _independent_coco(detection_images)
-  assert ap.coco_detections() == dt
-  exported = ap.coco_ground_truth()
-  assert exported["annotations"] == gt["annotations"] and exported["images"] == gt["images"]
-  assert [c["name"] for c in exported["categories"]] == list(metrics.THING_CLASSES)
+  assert results == dt
+  assert ground_truth["annotations"] == gt["annotations"]
+  assert ground_truth["images"] == gt["images"]
+  assert [c["name"] for c in ground_truth["categories"]] == list(metrics.THING_CLASSES)
+  named = metrics.to_coco_ground_truth(
+    [1, 2], [np.zeros((0, 4))] * 2, [np.zeros(0)] * 2, [np.zeros(0)] * 2,
+    file_names=["a_000001", "b_000002"], image_size=(64, 128),
+  )  # fmt: skip
+  assert named["images"] == [
+    {"id": 1, "file_name": "a_000001", "height": 64, "width": 128},
+    {"id": 2, "file_name": "b_000002", "height": 64, "width": 128},
+  ]
 
 
 def test_max_detections_counts_per_image_and_class():
@@ -177,13 +213,9 @@ def test_max_detections_counts_per_image_and_class():
     "gt_boxes": gt, "gt_classes": np.array([1, 2]), "gt_valid": np.ones(2, bool),
     "gt_crowd": np.zeros(2, bool),
   }  # fmt: skip
-  ap = metrics.DetectionAP(max_detections=100)
-  ap.add(**im)
-  ours = ap.result()
+  ours = _ap([im])
   assert ours["AP50/person"] == 0.0 and ours["AP50/rider"] == pytest.approx(1.0, abs=1e-12)
   assert ours["mAP50"] == pytest.approx(0.5, abs=1e-12)
-  coco_per_class, _ = _coco_ap50(_cocoeval(*_independent_coco([im]), **_AP_PARAMS))
-  np.testing.assert_allclose(coco_per_class[:2], [0.0, 1.0])
 
 
 def _one_class_image(pred_boxes, pred_scores, gt_boxes, gt_crowd):
@@ -216,11 +248,19 @@ def test_hand_computed_ap(pred_boxes, pred_scores, gt_crowd, expected):
   im = _one_class_image(pred_boxes, pred_scores, [[0, 0, 10, 10], [40, 40, 80, 80]], gt_crowd)
   if not gt_crowd[1]:
     im["gt_valid"][1] = False
-  ap = metrics.DetectionAP(num_classes=1)
-  ap.add(**im)
-  assert ap.result()["AP50/1"] == pytest.approx(expected, abs=1e-12)
-  coco_per_class, _ = _coco_ap50(_cocoeval(*_independent_coco([im]), **_AP_PARAMS))
-  assert coco_per_class[0] == pytest.approx(expected, abs=1e-12)
+  ground_truth, results = _exports([im])
+  ground_truth["categories"] = ground_truth["categories"][:1]
+  assert metrics.detection_ap(ground_truth, results)["AP50/person"] == pytest.approx(expected)
+
+
+def test_two_truths_three_detections():
+  # Scores 0.9 TP, 0.8 FP, 0.7 TP: precision 1 up to recall 1/2, then 2/3 up to recall 1.
+  # 101-point AP: thresholds 0..0.5 (51 of them) read 1, 0.51..1 (50) read 2/3.
+  im = _one_class_image(
+    [[0, 0, 10, 10], [100, 100, 110, 110], [20, 20, 30, 31]], [0.9, 0.8, 0.7],
+    [[0, 0, 10, 10], [20, 20, 30, 30]], [False, False],
+  )  # fmt: skip
+  assert _ap([im])["AP50/person"] == pytest.approx((51 + 50 * 2 / 3) / 101, abs=1e-12)
 
 
 def test_equal_iou_goes_to_the_later_ground_truth():
@@ -229,67 +269,47 @@ def test_equal_iou_goes_to_the_later_ground_truth():
   im = _one_class_image(
     [[2, 0, 12, 10], [5, 0, 15, 10]], [0.9, 0.8], [[0, 0, 10, 10], [4, 0, 14, 10]], [0, 0]
   )
-  ap, ar = metrics.DetectionAP(num_classes=1), metrics.ProposalRecall()
-  ap.add(**im)
-  ar.add(im["pred_boxes"], im["pred_valid"], im["gt_boxes"], im["gt_valid"], im["gt_crowd"])
-  assert ap.result()["AP50/1"] == pytest.approx(51 / 101, abs=1e-12)
-  coco_per_class, _ = _coco_ap50(_cocoeval(*_independent_coco([im]), **_AP_PARAMS))
-  assert coco_per_class[0] == pytest.approx(51 / 101, abs=1e-12)
-  coco = _cocoeval(*_independent_coco([im], agnostic=True), **_AR_PARAMS)
+  assert _ap([im])["AP50/person"] == pytest.approx(51 / 101, abs=1e-12)
   # Thresholds 0.5..0.65 match one box (A's tie), 0.7..0.8 one box (B), 0.85..0.95 none.
+  assert _ar([im])["AR@1000"] == pytest.approx(7 / 20)
+  coco = _cocoeval(*_independent_coco([im], agnostic=True), **_AR_PARAMS)
   assert _coco_ar(coco) == pytest.approx(7 / 20)
-  assert ar.result()["AR@1000"] == pytest.approx(7 / 20)
-
-
-def test_area_range_all_ignores_boxes_above_1e10():
-  # COCO's 'all' range ends at 1e5**2: a bigger ground-truth box is ignored (not missed), and
-  # so is a bigger unmatched detection (not a false positive); one perfect match is left.
-  huge_gt, huge_fp = [100, 100, 200100, 100100], [300000, 0, 500000, 100000]
-  im = _one_class_image([huge_fp, [0, 0, 10, 10]], [0.95, 0.5], [[0, 0, 10, 10], huge_gt], [0, 0])
-  ap = metrics.DetectionAP(num_classes=1)
-  ap.add(**im)
-  assert ap.result()["AP50/1"] == pytest.approx(1.0, abs=1e-12)
-  coco_per_class, _ = _coco_ap50(_cocoeval(*_independent_coco([im]), **_AP_PARAMS))
-  assert coco_per_class[0] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_no_detections_at_all(detection_images):
-  ap = metrics.DetectionAP()
   images = [{**im, "pred_valid": np.zeros_like(im["pred_valid"])} for im in detection_images]
-  for im in images:
-    ap.add(**im)
-  ours = ap.result()
-  assert ap.coco_detections() == []
+  ours = _ap(images)
+  assert _exports(images)[1] == []
   coco_per_class, coco_map = _coco_ap50(_cocoeval(*_independent_coco(images), **_AP_PARAMS))
   assert ours["mAP50"] == coco_map == 0.0
   np.testing.assert_array_equal([ours[f"AP50/{n}"] for n in metrics.THING_CLASSES], coco_per_class)
 
 
 def test_all_padding_inputs():
-  ap, ar = metrics.DetectionAP(), metrics.ProposalRecall()
-  for _ in range(3):
-    ap.add(
-      np.zeros((5, 4)), np.zeros(5), np.zeros(5, int), np.zeros(5, bool),
-      np.zeros((7, 4)), np.zeros(7, int), np.zeros(7, bool), np.zeros(7, bool),
-    )  # fmt: skip
-    ar.add(np.zeros((5, 4)), np.zeros(5, bool), np.zeros((7, 4)), np.zeros(7, bool), np.zeros(7))
-  assert all(np.isnan(v) for v in ap.result().values())
-  assert np.isnan(ar.result()["AR@1000"])
-  assert ap.coco_detections() == [] and ap.coco_ground_truth()["annotations"] == []
-  assert len(ap.coco_ground_truth()["images"]) == 3
+  im = {
+    "pred_boxes": np.zeros((5, 4)), "pred_scores": np.zeros(5), "pred_classes": np.zeros(5, int),
+    "pred_valid": np.zeros(5, bool), "gt_boxes": np.zeros((7, 4)), "gt_classes": np.zeros(7, int),
+    "gt_valid": np.zeros(7, bool), "gt_crowd": np.zeros(7, bool),
+  }  # fmt: skip
+  assert all(np.isnan(v) for v in _ap([im] * 3, area_ranges=_LEVELS).values())
+  assert set(_ar([im] * 3, area_ranges=_LEVELS)) == {"AR@1000"}  # no level keys either
+  assert np.isnan(_ar([im] * 3)["AR@1000"])
+  ground_truth, results = _exports([im] * 3)
+  assert results == [] and ground_truth["annotations"] == [] and len(ground_truth["images"]) == 3
 
 
 def test_bad_inputs_are_named():
-  ap = metrics.DetectionAP()
   ok = _one_class_image([[0, 0, 10, 10]], [0.5], [[0, 0, 10, 10]], [False])
-  with pytest.raises(ValueError, match="pred classes"):
-    ap.add(**{**ok, "pred_classes": np.array([0])})
-  with pytest.raises(ValueError, match="gt box"):
-    ap.add(**{**ok, "gt_boxes": np.array([[10.0, 0, 0, 10]])})
-  with pytest.raises(ValueError, match="pred scores must have shape"):
-    ap.add(**{**ok, "pred_scores": np.array([0.5, 0.4])})
+  with pytest.raises(ValueError, match="ground-truth classes"):
+    _exports([{**ok, "gt_classes": np.array([0])}])
+  with pytest.raises(ValueError, match="ground-truth box"):
+    _exports([{**ok, "gt_boxes": np.array([[10.0, 0, 0, 10]])}])
+  with pytest.raises(ValueError, match="detection scores must have shape"):
+    _exports([{**ok, "pred_scores": np.array([0.5, 0.4])}])
   with pytest.raises(ValueError, match="finite"):
-    ap.add(**{**ok, "pred_scores": np.array([np.nan])})
+    _exports([{**ok, "pred_scores": np.array([np.nan])}])
+  with pytest.raises(ValueError, match=r"config\.model\.scale_case"):
+    metrics.level_area_ranges("case4")
 
 
 @pytest.fixture(scope="module")
@@ -306,39 +326,67 @@ def proposal_images():
   return images
 
 
-def _add_proposals(recall, im, with_scores):
-  recall.add(
-    im["pred_boxes"], im["pred_valid"], im["gt_boxes"], im["gt_valid"], im["gt_crowd"],
-    scores=im["pred_scores"] if with_scores else None,
-  )  # fmt: skip
-
-
-def test_proposal_recall_equals_cocoeval(proposal_images):
-  ar = metrics.ProposalRecall(max_proposals=1000)
-  for im in proposal_images:
-    _add_proposals(ar, im, with_scores=True)
-  ours = ar.result()["AR@1000"]
-  independent = _cocoeval(*_independent_coco(proposal_images, agnostic=True), **_AR_PARAMS)
-  exported = _cocoeval(ar.coco_ground_truth(), ar.coco_detections(), **_AR_PARAMS)
-  np.testing.assert_allclose(ours, _coco_ar(independent), atol=1e-6)
-  np.testing.assert_allclose(ours, _coco_ar(exported), atol=1e-6)
-  assert 0.1 < ours < 0.95
+def test_proposal_recall_equals_pycocotools(proposal_images):
+  ours = _ar(proposal_images, area_ranges=_LEVELS)
+  ranges = {"areaRng": [[0, 1e10], *map(list, _LEVELS.values())], "areaRngLbl": ["all", *_LEVELS]}
+  coco = _cocoeval(*_independent_coco(proposal_images, agnostic=True), **{**_AR_PARAMS, **ranges})
+  assert ours["AR@1000"] == pytest.approx(_coco_ar(coco), abs=1e-12)
+  for area, level in enumerate(_LEVELS, start=1):
+    if np.isnan(_coco_ar(coco, area)):
+      assert f"AR@1000/{level}" not in ours
+    else:
+      assert ours[f"AR@1000/{level}"] == pytest.approx(_coco_ar(coco, area), abs=1e-12)
+  assert 0.1 < ours["AR@1000"] < 0.95 and "AR@1000/L9" not in ours
   # Truncation matters on this data: a 100-proposal cap gives a lower recall.
-  ar100 = metrics.ProposalRecall(max_proposals=100)
-  for im in proposal_images:
-    _add_proposals(ar100, im, with_scores=True)
-  assert ar100.result()["AR@100"] < ours
+  assert _ar(proposal_images, max_proposals=100)["AR@100"] < ours["AR@1000"]
 
 
-def test_proposal_recall_without_scores_uses_given_order(proposal_images):
-  # Without scores the first 1000 valid proposals count: COCO with descending dummy scores.
-  ar = metrics.ProposalRecall(max_proposals=1000)
-  images = []
-  for im in proposal_images[:8]:
-    _add_proposals(ar, im, with_scores=False)
-    images.append({**im, "pred_scores": -np.arange(len(im["pred_scores"]), dtype=np.float64)})
-  coco = _cocoeval(*_independent_coco(images, agnostic=True), **_AR_PARAMS)
-  np.testing.assert_allclose(ar.result()["AR@1000"], _coco_ar(coco), atol=1e-6)
+def test_top_proposals_by_score_are_exported():
+  boxes = np.array([[0, 0, 10, 10], [1, 1, 9, 9], [2, 2, 8, 8], [3, 3, 7, 7]], np.float32)
+  scores = np.array([0.1, 0.9, 0.5, 0.9])
+  valid = np.array([True, True, True, False])
+  (exported,) = [metrics.to_coco_json([7], [boxes], [scores], [np.ones(4)], [valid], 2)]
+  # The two best valid ones, in the given order: box 1 (0.9) and box 2 (0.5).
+  assert [r["bbox"] for r in exported] == [[1.0, 1.0, 8.0, 8.0], [2.0, 2.0, 6.0, 6.0]]
+  assert [r["score"] for r in exported] == [0.9, 0.5]
+
+
+def test_level_area_ranges_follow_the_scale_table():
+  ranges = metrics.level_area_ranges("case1", 0.5)
+  assert list(ranges) == ["L2", "L3", "L4", "L5", "L6"]
+  # case1 sides 32, 64, 128, 256 px at 512x1024, halved: areas 16^2, 32^2, 64^2, 128^2.
+  lows = [0.0, 16.0**2, 32.0**2, 64.0**2, 128.0**2]
+  assert [low for low, _ in ranges.values()] == lows
+  for (_, high), next_low in zip(list(ranges.values())[:-1], lows[1:], strict=True):
+    assert high < next_low and np.nextafter(high, np.inf) == next_low  # [low, high): disjoint
+  assert ranges["L6"][1] == 1e10
+  assert metrics.level_area_ranges("none") == metrics.level_area_ranges("case1")
+  case2 = metrics.level_area_ranges("case2")
+  assert case2["L5"] == case2["L6"] == (448.0**2, 1e10)
+
+
+def test_levels_score_like_pycocotools_by_hand():
+  # case1 at size_scale 1/8: L2 sides < 4, L3 [4, 8), L4 [8, 16), L5 [16, 32), L6 >= 32 px.
+  # Ground truth: one 6x6 box (L3), one 12x12 (L4); a 12x12 false positive too, and a 20x20
+  # false positive that belongs to L5, where there is no ground truth: L5 has no key.
+  ranges = metrics.level_area_ranges("case1", 1 / 8)
+  im = _one_class_image(
+    [[0, 0, 6, 6], [50, 50, 62, 62], [100, 0, 120, 20], [20, 20, 32, 32]],
+    [0.9, 0.8, 0.7, 0.6], [[0, 0, 6, 6], [20, 20, 32, 32]], [False, False],
+  )  # fmt: skip
+  ours = _ap([im], area_ranges=ranges)
+  # L3: only the 6x6 box counts, matched first: AP 1. L4: FP (0.8) before TP (0.6): 1/2.
+  assert ours["AP50/L3"] == pytest.approx(1.0) and ours["AP50/L4"] == pytest.approx(0.5)
+  assert {k for k in ours if "/L" in k} == {"AP50/L3", "AP50/L4"}
+  params = {**_AP_PARAMS, "areaRng": [[0, 1e10], *map(list, ranges.values())],
+            "areaRngLbl": ["all", *ranges]}  # fmt: skip
+  coco = _cocoeval(*_independent_coco([im]), **params)
+  assert _coco_ap50(coco, area=2)[1] == pytest.approx(1.0)
+  assert _coco_ap50(coco, area=3)[1] == pytest.approx(0.5)
+  assert np.isnan(_coco_ap50(coco, area=4)[1])
+  recall = _ar([im], area_ranges=ranges)
+  assert recall["AR@1000/L3"] == recall["AR@1000/L4"] == pytest.approx(1.0)
+  assert {k for k in recall if "/L" in k} == {"AR@1000/L3", "AR@1000/L4"}
 
 
 def test_confusion_matrix_hand_computed():

@@ -59,9 +59,22 @@ def test_two_steps_write_checkpoints_metrics_and_summaries(trained):
   assert sorted(manager.all_steps()) == [1, 2]
   with open(f"{workdir}/metrics_2.json") as f:
     _assert_same_metrics(json.load(f), results)
-  for key in ("mAP50", "AP50/car", "AR@64", "mIoU", "IoU/road", "pixel_accuracy", "mIoU*"):
+  for key in ("mAP50", "AP50/car", "AR@64", "mIoU", "IoU/road", "pixel_accuracy", "mIoU*",
+              "mIoU*/semantic"):  # fmt: skip
     assert 0.0 <= results[key] <= 1.0, key
-    assert key == "mIoU*" or f"without_fusion/{key}" in results or key not in ("mAP50", "AR@64")
+  # Trained and evaluated with roi+rpn: every fusion with parts switched off is scored too, and
+  # the unprefixed detection metrics are roi+rpn's.
+  for fusion in ("roi+rpn", "roi", "rpn", "none"):
+    for key in ("mAP50", "AP50/car", "AR@64"):
+      assert 0.0 <= results[f"inference/{fusion}/{key}"] <= 1.0, (fusion, key)
+  for key in ("mAP50", "AR@64"):
+    assert results[key] == results[f"inference/roi+rpn/{key}"]
+  assert any(k.startswith("AP50/L") for k in results) and not any(
+    "without_fusion" in k for k in results
+  )
+  assert {"ground_truth.json", "detections.json", "proposals.json"} <= set(
+    os.listdir(f"{workdir}/eval_2")
+  )
   scalars = _scalars(workdir)
   for part in ("loss", "rpn_det/objectness", "rpn_mask/box", "roi/cls", "semantic",
                "class_agnostic", "fg_roi_fraction", "grad_norm"):  # fmt: skip
