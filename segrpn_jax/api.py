@@ -31,11 +31,12 @@ def predict(model: SegRPN, variables: dict, images: jax.Array, fusion: str | Non
 
   Returns:
     detections {boxes [B, 100, 4], scores, classes (1..K), valid}, proposals {boxes [B, P, 4],
-    logits, scores (probabilities), valid}, semantic_logits [B, H/4, W/4, 19] and
-    semantic_labels [B, H, W] (with a semantic head), class_agnostic_logits (list of
-    [B, H_l, W_l], P2..P6), foreground_prob [B, H, W] (the semantic head's thing
-    probability, see SegRPN._semantic_foreground) and class_agnostic_prob [B, H, W] (the union
-    of the class-agnostic levels).
+    logits, scores (probabilities), valid, levels (2..6) and anchor_indices (into the
+    concatenated anchors) of each kept proposal}; with a semantic head semantic_logits
+    [B, H/4, W/4, 19], semantic_labels [B, H, W] and semantic_foreground_prob [B, H, W] (its
+    total thing probability); with the class-agnostic module class_agnostic_logits (list of
+    [B, H_l, W_l], P2..P6: the scale-divided level maps) and class_agnostic_prob [B, H, W] (the
+    stride-4 class-agnostic map, upsampled to the input: what mIoU* scores).
   """
   out = model.apply(variables, images, train=False, fusion=fusion)
   out.pop("rpn_logits")  # every anchor's logit: for tests and analysis, not for evaluation
@@ -54,30 +55,16 @@ def predict_fusions(
     images: [B, H, W, 3] normalised images of config.data.image_size.
     fusions: a non-empty tuple of fusions ('none', 'rpn', 'roi', 'roi+rpn'). Static.
 
+  Backbone, FPN and the segmentation heads run once; the anchor scoring, proposals and box
+  head once per fusion (SegRPN.predict_fusions).
+
   Returns:
-    {'fusions': {fusion: {'detections': {boxes [B, 100, 4], scores, classes (1..K), valid},
-    'proposals': {boxes [B, P, 4], scores, logits, valid}}}} plus the fusion-independent
-    outputs: with a semantic head semantic_labels [B, H, W], semantic_logits and
-    semantic_foreground_prob [B, H, W] (the semantic head's thing probability); with the
-    class-agnostic module class_agnostic_prob [B, H, W] (the union of its levels) and
-    class_agnostic_logits (list of [B, H_l, W_l], P2..P6).
+    {'fusions': {fusion: {'detections': ..., 'proposals': ...}}} (each as `predict` under that
+    fusion) plus the fusion-independent outputs of `predict` (semantic_*, class_agnostic_*).
   """
   if not fusions:
     raise ValueError("predict_fusions: fusions is empty; pass e.g. ('roi+rpn', 'none').")
-  per_fusion, shared = {}, {}
-  for fusion in fusions:
-    out = model.apply(variables, images, train=False, fusion=fusion)
-    per_fusion[fusion] = {"detections": out["detections"], "proposals": out["proposals"]}
-    shared = shared or out
-  result = {"fusions": per_fusion}
-  if "semantic_labels" in shared:
-    result["semantic_labels"] = shared["semantic_labels"]
-    result["semantic_logits"] = shared["semantic_logits"]
-    result["semantic_foreground_prob"] = shared["foreground_prob"]
-  if "class_agnostic_prob" in shared:
-    result["class_agnostic_prob"] = shared["class_agnostic_prob"]
-    result["class_agnostic_logits"] = shared["class_agnostic_logits"]
-  return result
+  return model.apply(variables, images, fusions, method=SegRPN.predict_fusions)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -117,8 +104,8 @@ def load_checkpoint(
 ) -> tuple[ml_collections.ConfigDict, SegRPN, dict, int]:
   """Like `load`, with the config optionally given and the restored step returned as well."""
   config = checkpointing.load_config(workdir) if config is None else config
-  manager = checkpointing.create_manager(workdir, config)
-  restored, step = state.restore_state(config, manager, parallel.make_mesh(), step)
+  with checkpointing.create_manager(workdir, config) as manager:
+    restored, step = state.restore_state(config, manager, parallel.make_mesh(), step)
   if restored is None:
     raise FileNotFoundError(
       f"no checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first (--mode=train)."

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from segrpn_jax import api, input_pipeline, metrics, parallel, run_config, summaries
 from segrpn_jax.datasets import labels
+from segrpn_jax.models import rpn as rpn_lib
 
 # Binary foreground maps scored against `foreground_labels`: metric name -> model output.
 # 'mIoU*' is the class-agnostic module's map, so the baseline (without it) has no 'mIoU*'.
@@ -40,21 +41,10 @@ def foreground_labels(semantic_bxhxw: jax.Array, crowd_bxhxw: jax.Array) -> jax.
   return jnp.where((semantic_bxhxw == 255) | crowd_bxhxw, 255, fg)
 
 
-def _inference_fusions(train_fusion: str) -> tuple[str, ...]:
-  """The fusions a run trained with `train_fusion` is evaluated under: every subset of its
-  parts, the full fusion first ('roi+rpn' -> roi+rpn, roi, rpn, none)."""
-  return {
-    "roi+rpn": ("roi+rpn", "roi", "rpn", "none"),
-    "roi": ("roi", "none"),
-    "rpn": ("rpn", "none"),
-    "none": ("none",),
-  }[train_fusion]
-
-
 def evaluated_fusions(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """config.model.fusion.inference first, then the other fusions of the training fusion."""
   inference = config.model.fusion.inference
-  others = [f for f in _inference_fusions(config.model.fusion.train) if f != inference]
+  others = [f for f in rpn_lib.inference_fusions(config.model.fusion.train) if f != inference]
   return (inference, *others)
 
 
@@ -261,7 +251,9 @@ def _summary_images(out: dict, batch: dict, fusion: str) -> list[np.ndarray]:
   det = out["fusions"][fusion]["detections"]
   for i in np.flatnonzero(batch["example_mask"]):
     rgb = summaries.denormalize(batch["image"][i])
-    boxes = summaries.draw_boxes(rgb, det["boxes"][i], det["classes"][i], det["valid"][i])
+    boxes = summaries.draw_detections(
+      rgb, det["boxes"][i], det["scores"][i], det["classes"][i], det["valid"][i]
+    )
     if "semantic_labels" in out:
       boxes = np.concatenate([boxes, summaries.semantic_overlay(rgb, out["semantic_labels"][i])], 1)
     pictures.append(boxes)

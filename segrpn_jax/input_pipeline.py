@@ -5,8 +5,8 @@ Every batch is a dict of NumPy arrays whose leading axis is the per-process batc
 
   image float32 [B, H, W, 3] (ImageNet mean/std), semantic int32 [B, H, W] (trainIds, 255
   ignore), instance_map int32 [B, H, W], crowd bool [B, H, W], boxes float32 [B, N, 4] (xyxy
-  pixels), classes int32 [B, N] (1..8, 0 = pad), valid bool [B, N], crowd_boxes float32
-  [B, 8, 4], crowd_valid bool [B, 8], example_mask bool [B]; eval batches also carry image_id
+  pixels), classes int32 [B, N] (1..8, 0 = pad), valid bool [B, N], example_mask bool
+  [B]; eval batches also carry image_id
   (bytes, host only).
 
 N = config.data.max_instances. An image with more instances is an error, never truncated.
@@ -124,31 +124,12 @@ def per_process_batch_size(global_batch_size: int, key: str, process_count: int)
   return global_batch_size // process_count
 
 
-def _crowd_boxes(crowd_hxw: tf.Tensor, semantic_hxw: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  """Per thing class, the pixel extent [x1, y1, x2, y2] of its crowd pixels and whether any.
-
-  Evaluation does not use these boxes (it scores each connected group as its own region, see
-  `crowd_regions`); they stay in the batch contract for callers that want one box per class.
-  """
-  num = labels.NUM_THING_CLASSES
-  # Crowd pixels are few: reduce over their coordinates rather than over [H, W, 8] masks.
-  rows_cols = tf.cast(tf.where(crowd_hxw), tf.int32)  # [M, 2]
-  thing = tf.gather_nd(semantic_hxw, rows_cols) - labels.THING_TRAIN_ID_OFFSET - 1
-  keep = (thing >= 0) & (thing < num)
-  rows_cols, thing = tf.boolean_mask(rows_cols, keep), tf.boolean_mask(thing, keep)
-  low = tf.math.unsorted_segment_min(rows_cols, thing, num)  # [8, 2]; empty: int32 max
-  high = tf.math.unsorted_segment_max(rows_cols, thing, num) + 1
-  valid = tf.math.unsorted_segment_sum(tf.ones_like(thing), thing, num) > 0
-  boxes = tf.cast(tf.stack([low[:, 1], low[:, 0], high[:, 1], high[:, 0]], axis=1), tf.float32)
-  return tf.where(valid[:, None], boxes, 0.0), valid
-
-
 def crowd_regions(crowd_hxw: np.ndarray, semantic_hxw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """One image's crowd groups as COCO ignore regions: each 8-connected component of one thing
   class's crowd pixels is its own region (host-side, NumPy; evaluation calls it per image).
 
   Two groups of a class far apart are two regions, so a detection between them is scored;
-  one box around both (the `crowd_boxes` batch key) would swallow it.
+  one box around both would swallow it.
 
   Args:
     crowd_hxw: bool [H, W], the batch's `crowd`.
@@ -225,7 +206,6 @@ def preprocess(
   image, semantic, instance_map, crowd, boxes = tf.cond(
     flip, mirror, lambda: (image, semantic, instance_map, crowd, boxes)
   )
-  crowd_boxes, crowd_valid = _crowd_boxes(crowd, semantic)
   image = (image / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
   num_instances = tf.shape(classes)[0]
@@ -240,8 +220,6 @@ def preprocess(
     "boxes": tf.ensure_shape(boxes, (max_instances, 4)),
     "classes": tf.ensure_shape(classes, (max_instances,)),
     "valid": tf.range(max_instances) < num_instances,
-    "crowd_boxes": crowd_boxes,
-    "crowd_valid": crowd_valid,
     "example_mask": tf.constant(True),
     "image_id": example["image_id"],
     "num_instances": num_instances,

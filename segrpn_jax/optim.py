@@ -1,4 +1,4 @@
-"""Learning-rate schedule and optimizer of the paper's recipe (DESIGN.md section 1).
+"""Learning-rate schedule and optimizer of the paper's recipe (docs/architecture.md).
 
 SGD with momentum 0.9 and weight decay 1e-4, a linear warm-up from 0.0003 to 0.001 over the
 first 500 steps, then the rate divided by 10 at 60k and 80k steps. Parameters of frozen

@@ -28,8 +28,6 @@ BATCH_KEYS = (
   "boxes",
   "classes",
   "valid",
-  "crowd_boxes",
-  "crowd_valid",
   "example_mask",
 )
 

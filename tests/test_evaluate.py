@@ -102,11 +102,7 @@ def test_written_exports_rescore_to_the_reported_metrics(tmp_path):
   assert 0 < len(with_truth) < 5
 
 
-def test_inference_fusions_switch_parts_off():
-  assert evaluate._inference_fusions("roi+rpn") == ("roi+rpn", "roi", "rpn", "none")
-  assert evaluate._inference_fusions("roi") == ("roi", "none")
-  assert evaluate._inference_fusions("rpn") == ("rpn", "none")
-  assert evaluate._inference_fusions("none") == ("none",)
+def test_the_inference_fusion_is_evaluated_first():
   config = default.get_config()
   config.model.fusion.train, config.model.fusion.inference = "roi+rpn", "rpn"
   assert evaluate.evaluated_fusions(config) == ("rpn", "roi+rpn", "roi", "none")

@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from configs import default
 from segrpn_jax import input_pipeline, metrics, pretrained, run_config
+from segrpn_jax.datasets import labels
 
 HEIGHT, WIDTH = 48, 96  # resized from the tiny builder's 64x128
 MAX_INSTANCES = 16
@@ -21,8 +22,6 @@ CONTRACT = {
   "boxes": (np.float32, (MAX_INSTANCES, 4)),
   "classes": (np.int32, (MAX_INSTANCES,)),
   "valid": (np.bool_, (MAX_INSTANCES,)),
-  "crowd_boxes": (np.float32, (8, 4)),
-  "crowd_valid": (np.bool_, (8,)),
   "example_mask": (np.bool_, ()),
 }
 
@@ -86,11 +85,9 @@ def _check_contract(example, with_image_id):
       # The mask, resized with nearest, stays inside its scaled box up to one pixel.
       assert bx1 - 1 <= x1 and by1 - 1 <= y1 and x2 <= bx2 + 1 and y2 <= by2 + 1
       assert np.all(example["semantic"][mask] == classes[k - 1] + 10)
-  for c in range(8):  # crowd boxes: the extent of the class's crowd pixels
-    crowd_c = example["crowd"] & (example["semantic"] == c + 11)
-    assert example["crowd_valid"][c] == crowd_c.any()
-    want = _extent(crowd_c) if crowd_c.any() else np.zeros(4, np.float32)
-    np.testing.assert_array_equal(example["crowd_boxes"][c], want)
+  # crowd pixels are thing pixels that belong to no instance
+  assert np.all(example["instance_map"][example["crowd"]] == 0)
+  assert np.all(np.isin(example["semantic"][example["crowd"]], (*labels.THING_TRAIN_IDS, 255)))
 
 
 def test_train_batches_follow_the_contract_and_flip_consistently(data_dir):
@@ -99,7 +96,7 @@ def test_train_batches_follow_the_contract_and_flip_consistently(data_dir):
   examples = list(_examples(itertools.islice(train, 8)))  # 16 examples: two epochs of 8
   for example in examples:
     _check_contract(example, with_image_id=False)
-  assert any(e["crowd_valid"].any() for e in examples)
+  assert any(e["crowd"].any() for e in examples)
   # The same split without flips, keyed by the image itself: every training example is one of
   # them or its exact mirror, with maps and boxes mirrored alike.
   plain = input_pipeline.create_eval_dataset(_config(data_dir, data__eval_split="train"))
@@ -124,7 +121,7 @@ def test_train_batches_follow_the_contract_and_flip_consistently(data_dir):
       boxes[:, [0, 2]] = np.where(source["valid"][:, None], WIDTH - boxes[:, [2, 0]], 0)
     np.testing.assert_allclose(example["boxes"], boxes, atol=1e-4)
     np.testing.assert_array_equal(example["classes"], source["classes"])
-    np.testing.assert_array_equal(example["crowd_valid"], source["crowd_valid"])
+    np.testing.assert_array_equal(example["crowd"].any(), source["crowd"].any())
   assert 0 < sum(flips) < len(flips)  # both flipped and unflipped examples were seen
 
 
@@ -141,7 +138,7 @@ def test_eval_yields_every_example_once_and_pads_the_last_batch(data_dir):
   for example in _examples(first):
     _check_contract(example, with_image_id=True)
   assert np.all(batch["semantic"][4:] == 255) and not batch["valid"][4:].any()
-  assert not batch["crowd_valid"][4:].any() and np.all(batch["image"][4:] == 0)
+  assert not batch["crowd"][4:].any() and np.all(batch["image"][4:] == 0)
 
 
 def test_eval_shards_of_two_processes_cover_the_split_once(data_dir):

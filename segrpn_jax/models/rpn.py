@@ -13,7 +13,7 @@ fused [B, N] logits, vmapped over images, and only the selected anchors are deco
 flattened order is level-major, then (y, x, anchor): exactly the order of the concatenated
 `ops.anchors.generate_anchors` arrays.
 
-The fusions (DESIGN.md, "Two fusions"):
+The fusions (docs/architecture.md, "The two fusions"):
   rpn:     F_det <- F_det + F_det * F_mask, before RPN_det's 1x1 convs (feature fusion);
   roi:     logit <- logit_det + logit_mask, before the sigmoid (probability-map fusion);
   roi+rpn: both; the roi sum then uses RPN_det's logits computed on the fused features.

@@ -1,6 +1,6 @@
 """SegRPN: ResNet-FPN Faster R-CNN + Panoptic-FPN semantic head + class-agnostic module + RPN_mask.
 
-Data flow (DESIGN.md section 1):
+Data flow (docs/architecture.md):
 
   images -> ResNet (C2..C5) -> FPN (P2..P6)
     P2..P6 -> RPN_det 3x3 conv -> F_det

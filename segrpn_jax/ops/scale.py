@@ -3,7 +3,7 @@
 SegRPN assigns every ground-truth instance to FPN level(s) by the side of its box,
 sqrt(a) with a the box area in input pixels, and the class-agnostic (foreground /
 background) target of level L holds only the instances assigned to L. The thresholds
-are the paper's, for a 512x1024 input (see /work/shared/DESIGN.md):
+are the paper's, for a 512x1024 input (docs/architecture.md):
 
 | case  | L=6            | L=5        | L=4        | L=3        | L=2  |
 |-------|----------------|------------|------------|------------|------|
