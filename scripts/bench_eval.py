@@ -16,13 +16,10 @@ import argparse
 import contextlib
 import io
 import os
-import sys
 import time
 
 import jax
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from configs import default
 from segrpn_jax import api, evaluate, metrics

@@ -12,13 +12,10 @@ the timings, since other processes on the machine slow them down.
 
 import argparse
 import os
-import sys
 import time
 
 import jax
 import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from configs import baseline, case1
 from segrpn_jax import api

@@ -42,7 +42,7 @@ def _metrics(workdir: str) -> dict:
     return json.load(f)
 
 
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, monkeypatch):
   data_dir = str(tmp_path / "tfds")
   config = tiny_train_config(data_dir)
   input_pipeline.get_builder(config)  # built once here; both children only read it
@@ -80,7 +80,19 @@ def test_two_processes_match_one(tmp_path):
   for i, (child, output) in enumerate(zip(children, outputs, strict=True)):
     assert child.returncode == 0, f"process {i} failed:\n{output[-4000:]}"
 
-  reference = str(tmp_path / "one_process")  # one process, two devices, the same global batch
+  # The reference: one process of two devices fed the same global batches. Process i of two
+  # reads shard i of the split, and the global batch puts process 0's rows first, so the
+  # reference concatenates the two shards' batches in that order (the per-image sampling keys
+  # follow the row, so the order matters too).
+  real = input_pipeline.create_train_iterator
+
+  def both_shards(config, start_step=0, **kwargs):
+    shards = [real(config, start_step, process_index=i, process_count=2) for i in range(2)]
+    for parts in zip(*shards, strict=True):
+      yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  monkeypatch.setattr(input_pipeline, "create_train_iterator", both_shards)
+  reference = str(tmp_path / "one_process")
   train.train_and_evaluate(config, reference)
 
   two, one = _scalars(workdir), _scalars(reference)

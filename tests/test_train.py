@@ -196,7 +196,7 @@ def test_a_damaged_latest_checkpoint_costs_one_interval(trained, tmp_path, caplo
   with pytest.raises(checkpointing.CheckpointError, match=r"step 2 .* cannot be read"):
     api.load(damaged, step=2)  # an explicitly requested step is not replaced by another
   caplog.clear()
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     train.train_and_evaluate(config, damaged)
   assert "Resumed from the checkpoint of step 1" in caplog.text
   assert os.listdir(f"{damaged}/damaged_checkpoints") == ["2"]  # set aside, not deleted
