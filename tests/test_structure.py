@@ -1,0 +1,52 @@
+"""The import order of docs/architecture.md: main -> train -> evaluate -> api -> state -> ..."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "segrpn_jax"
+# Each module and the package modules it must never import (directly or inside a function).
+FORBIDDEN = {
+  "api": {"main", "train", "evaluate", "predict", "analysis"},
+  "state": {"main", "train", "evaluate", "api", "predict", "analysis"},
+  "evaluate": {"main", "train"},
+  "train": {"main"},
+  "predict": {"main", "train", "evaluate"},
+  "checkpointing": {"main", "train", "evaluate", "api", "state"},
+}
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+  """Names of segrpn_jax's top-level modules that a file imports anywhere in its body."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module == "segrpn_jax":
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("segrpn_jax."):
+      names.add(node.module.split(".")[1])
+    elif isinstance(node, ast.Import):
+      names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("segrpn_jax."))
+  return names
+
+
+def test_no_module_imports_one_above_it():
+  for module, forbidden in FORBIDDEN.items():
+    imported = _imported_modules(PACKAGE / f"{module}.py")
+    assert not imported & forbidden, f"segrpn_jax.{module} imports {imported & forbidden}"
+
+
+def test_ops_never_import_models_and_models_never_import_datasets():
+  for path in (PACKAGE / "ops").glob("*.py"):
+    assert "models" not in _imported_modules(path), path.name
+  for path in (PACKAGE / "models").glob("*.py"):
+    assert "datasets" not in _imported_modules(path), path.name
+
+
+def test_importing_api_loads_neither_train_nor_evaluate():
+  code = (
+    "import sys, segrpn_jax.api; "
+    "print(sorted(m for m in ('segrpn_jax.train', 'segrpn_jax.evaluate') if m in sys.modules))"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
