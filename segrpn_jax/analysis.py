@@ -431,7 +431,7 @@ def foreground_map(outputs: dict) -> tuple[str, np.ndarray]:
   Returns:
     (output key, [B, H, W] probabilities).
   """
-  for key in ("class_agnostic_prob", "semantic_foreground_prob", "foreground_prob"):
+  for key in api.FOREGROUND_KEYS:
     if key in outputs:
       return key, np.asarray(outputs[key])
   raise ValueError(

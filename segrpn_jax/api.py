@@ -17,6 +17,10 @@ from segrpn_jax.models.segrpn import SegRPN
 create_model = state.create_model
 init_variables = state.init_variables
 
+# The binary foreground map among `predict`'s outputs, best first: the class-agnostic map, or
+# for the baseline (no class-agnostic module) the semantic head's thing probability.
+FOREGROUND_KEYS = ("class_agnostic_prob", "semantic_foreground_prob")
+
 
 @functools.partial(jax.jit, static_argnames=("model", "fusion"))
 def predict(model: SegRPN, variables: dict, images: jax.Array, fusion: str | None = None) -> dict:

@@ -44,10 +44,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 # maximum, so a dark 16-bit image stays dark as it would in any viewer.
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
-# The model's foreground probability: the class-agnostic module's map, else (the baseline) the
-# semantic head's thing probability under its new name or its old one.
-FOREGROUND_KEYS = ("class_agnostic_prob", "semantic_foreground_prob", "foreground_prob")
-
 
 def train_id_to_label_id_lut() -> np.ndarray:
   """The inverse of labels.label_id_to_train_id_lut for the 19 evaluated classes.
@@ -200,7 +196,7 @@ def scale_boxes(boxes_nx4: np.ndarray, own_hw: tuple[int, int], net_hw: tuple[in
 
 
 def _foreground(out: dict):
-  for key in FOREGROUND_KEYS:
+  for key in api.FOREGROUND_KEYS:
     if key in out:
       return out[key]
   return None
