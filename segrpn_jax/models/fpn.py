@@ -5,6 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from segrpn_jax.models.layers import Conv
 from segrpn_jax.ops.scale import MAX_LEVEL, MIN_LEVEL
 
 # The single source of the pyramid's level names (ops/ defines the numbers, and ops never
@@ -68,7 +69,7 @@ class FPN(nn.Module):
 
     def conv(kernel: int, name: str) -> nn.Conv:
       pad = kernel // 2
-      return nn.Conv(
+      return Conv(
         self.channels,
         (kernel, kernel),
         padding=((pad, pad), (pad, pad)),

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segrpn_jax.models.layers import Conv
+
 # (block kind, blocks per stage) of each supported depth, as torchvision defines them.
 STAGE_BLOCKS = {
   18: ("basic", (2, 2, 2, 2)),
@@ -127,7 +129,7 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.
   # Explicit symmetric padding kernel // 2 is torchvision's; 'SAME' would pad
   # asymmetrically for stride 2 and shift every feature by half a pixel.
   pad = kernel // 2
-  return nn.Conv(
+  return Conv(
     features,
     (kernel, kernel),
     strides=(stride, stride),

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segrpn_jax.models.layers import Conv
 from segrpn_jax.ops import proposals as proposals_ops
 
 FUSIONS = ("none", "rpn", "roi", "roi+rpn")
@@ -89,7 +90,7 @@ class RPNHead(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.conv = nn.Conv(
+    self.conv = Conv(
       self.channels,
       (3, 3),
       padding="SAME",

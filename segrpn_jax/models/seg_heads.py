@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from segrpn_jax.models.fpn import LEVELS, ROI_LEVELS
+from segrpn_jax.models.layers import Conv
 
 # detectron2 c2_msra_fill: He-normal with fan_out, as used by its SemSegFPNHead convs.
 _MSRA = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -79,7 +80,7 @@ class ConvGNReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(
+    x = Conv(
       self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=_MSRA, dtype=self.dtype
     )(x)
     x = nn.GroupNorm(num_groups=num_groups(self.features), dtype=self.dtype)(x)
@@ -123,7 +124,7 @@ class SemanticHead(nn.Module):
       total = x if total is None else total + x
     if prior_bxhxwxs is not None:
       total = total + prior_bxhxwxs
-    return nn.Conv(self.num_classes, (1, 1), kernel_init=_MSRA, dtype=self.dtype, name="predictor")(
+    return Conv(self.num_classes, (1, 1), kernel_init=_MSRA, dtype=self.dtype, name="predictor")(
       total
     )
 
@@ -164,7 +165,7 @@ class ClassAgnosticModule(nn.Module):
       for j in range(self.num_convs):
         x = ConvGNReLU(self.channels, dtype=self.dtype, name=f"{name}_conv{j}")(x)
       features.append(x)
-      logit = nn.Conv(
+      logit = Conv(
         1,
         (1, 1),
         kernel_init=nn.initializers.normal(0.01),
@@ -172,7 +173,7 @@ class ClassAgnosticModule(nn.Module):
         name=f"{name}_logit",
       )(x)
       level_logits.append(logit[..., 0])
-      q = nn.Conv(
+      q = Conv(
         self.map_channels, (1, 1), kernel_init=_MSRA, dtype=self.dtype, name=f"{name}_prior"
       )(x)
       q = resize_bilinear(q, stride4.shape[1], stride4.shape[2])
@@ -181,7 +182,7 @@ class ClassAgnosticModule(nn.Module):
     # classifier needs a non-linear, spatially aware combination to sharpen the coarse levels'
     # contributions at the object boundaries.
     x = ConvGNReLU(self.map_channels, dtype=self.dtype, name="map_conv")(prior)
-    map_logits = nn.Conv(
+    map_logits = Conv(
       1, (1, 1), kernel_init=nn.initializers.normal(0.01), dtype=self.dtype, name="map_logit"
     )(x)
     return features, level_logits, prior, map_logits[..., 0]
