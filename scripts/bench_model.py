@@ -1,24 +1,37 @@
-"""Parameter counts of SegRPN and its baseline, and the warm jitted inference time of one model.
+"""Parameter counts, and FLOPs and time per part of SegRPN's train step and inference.
 
-  python scripts/bench_model.py                      # ResNet-50, 512x1024, batch 1, roi+rpn
-  python scripts/bench_model.py --fusion none --repeats 10
+  python scripts/bench_model.py                           # case1 ResNet-50, 512x1024, batch 1
+  python scripts/bench_model.py --model det --size 256x512 --repeats 3
+  python scripts/bench_model.py --counts-only
 
-Counts use jax.eval_shape (no compilation). The timing compiles `api.predict` once, runs it once
-to warm up, then reports the median wall time of `--repeats` calls on random-initialised
-weights. Untrained weights make every class score about 1/9 > 0.05, so the detection NMS sees
-all 1000 x 8 candidates: an upper bound for that step. The host load average is printed with
-the timings, since other processes on the machine slow them down.
+Parts, each compiled on its own with inputs of the shapes it sees in the model (random weights,
+random inputs): backbone, FPN, RPN_det (3x3 conv and 1x1 predictors on P2..P6), class-agnostic
+module (per-level convs, level logits, priors, the stride-4 map), RPN_mask, semantic head, box
+head (on the ROIs of one step: roi.batch_size_per_image per image in training,
+rpn.post_nms_topk_test at inference). "train" is forward + backward as the train step runs it
+(gradients of the trainable parameters and of the inputs that come from trainable parts);
+"inference" the forward alone. The whole train step (`train.train_step`, optimizer included) and
+the whole inference (`api.predict`) are measured too; "rest" is the whole minus the parts:
+anchor matching and sampling, proposals (top-k, NMS), RoIAlign, post-processing, losses and the
+optimizer update. FLOPs are XLA's cost analysis of each compiled program; times are warm medians
+of `--repeats` calls, with the host's load average (other processes slow them down).
+
+Models: `segrpn` = configs/case1.py (roi+rpn), `baseline` = configs/baseline.py, `det` = the
+baseline without its semantic head (what torchvision's Faster R-CNN computes).
 """
 
 import argparse
+import functools
 import os
-import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import baseline, case1
-from segrpn_jax import api
+from segrpn_jax import api, benchmark
+from segrpn_jax.models import rpn as rpn_lib
+from segrpn_jax.models.fpn import LEVELS, ROI_LEVELS
 
 
 def parameter_count(config) -> tuple[int, int]:
@@ -28,64 +41,166 @@ def parameter_count(config) -> tuple[int, int]:
   return sizes.pop("params"), sum(sizes.values())
 
 
-def paper_config(name: str, backbone: str):
-  """configs/<name>.py with random weights (the timing does not depend on their values)."""
-  config = {"case1": case1, "baseline": baseline}[name].get_config()
+def paper_config(name: str, backbone: str, size: tuple[int, int], batch: int, dtype: str):
+  """The paper config `name` with random weights at `size`."""
+  config = (case1 if name == "segrpn" else baseline).get_config()
   config.model.backbone = backbone
   config.model.pretrained = ""
+  config.model.dtype = dtype
+  if name == "det":
+    config.model.semantic_head = False
+  config.data.image_size = size
+  config.train.batch_size = batch
   return config
+
+
+def _rpn(head: str):
+  def run(module, pyramid):
+    rpn_head = getattr(module, head)
+    return rpn_head.predict(rpn_lib.flatten_levels(rpn_head.features([pyramid[k] for k in LEVELS])))
+
+  return run
+
+
+def parts(config, batch: int, train: bool) -> dict:
+  """{part: (fn(module, *inputs) -> outputs, inputs, differentiate the inputs)}."""
+  m = config.model
+  model = api.create_model(config)
+  variables = api.init_variables(config, jax.random.key(0))
+  images = jnp.asarray(benchmark.random_batch(config, batch)["image"])
+  trunk = lambda module, x: module.fpn(module.backbone(x))
+  features = jax.eval_shape(
+    lambda v, x: model.apply(v, x, method=lambda mod, y: mod.backbone(y)), variables, images
+  )
+  pyramid = jax.eval_shape(lambda v, x: model.apply(v, x, method=trunk), variables, images)
+  rand = lambda tree: jax.tree.map(
+    lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype), tree
+  )
+  features, pyramid = rand(features), rand(pyramid)
+  rois = m.roi.batch_size_per_image if train else m.rpn.post_nms_topk_test
+  side = m.roi.pooler_resolution
+  out = {
+    "backbone": (lambda mod, x: mod.backbone(x), (images,), False),
+    "FPN": (lambda mod, f: mod.fpn(f), (features,), True),
+    "RPN_det": (_rpn("rpn_det"), (pyramid,), True),
+  }
+  if m.class_agnostic:
+    out["class-agnostic module"] = (lambda mod, p: mod.class_agnostic(p), (pyramid,), True)
+    out["RPN_mask"] = (_rpn("rpn_mask"), (pyramid,), True)
+  if m.semantic_head:
+    prior = None
+    if m.class_agnostic:
+      prior = rand(
+        jax.ShapeDtypeStruct(
+          (batch, *pyramid["P2"].shape[1:3], m.semantic_channels), pyramid["P2"].dtype
+        )
+      )
+    out["semantic head"] = (
+      lambda mod, p, q: mod.semantic_head({k: p[k] for k in ROI_LEVELS}, q),
+      (pyramid, prior),
+      True,
+    )
+  pooled = rand(jax.ShapeDtypeStruct((batch, rois, side, side, m.fpn_channels), jnp.float32))
+  out["box head"] = (lambda mod, r: mod.box_head(r), (pooled,), True)
+  return model, variables, out
+
+
+def part_program(model, variables, fn, inputs, grad_inputs: bool, train: bool):
+  """A jitted zero-argument callable running the part (forward, or forward + backward)."""
+  apply = lambda params, *xs: model.apply({**variables, "params": params}, *xs, method=fn)
+  if not train:
+    return jax.jit(lambda: apply(variables["params"], *inputs))
+
+  def loss(params, *xs):
+    outputs = apply(params, *xs)
+    # A cotangent that differs per element, so no part of the backward folds away.
+    return sum(
+      jnp.sum(jnp.sin(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape) * y)
+      for y in jax.tree.leaves(outputs)
+    )
+
+  argnums = tuple(range(1 + len(inputs))) if grad_inputs else 0
+  return jax.jit(lambda: jax.grad(loss, argnums)(variables["params"], *inputs))
+
+
+def flops(jitted, *args) -> float:
+  """XLA's FLOP count of a jitted function's compiled program (NaN if it gives none)."""
+  analysis = jitted.lower(*args).compile().cost_analysis()
+  if isinstance(analysis, list):  # older jax: one dict per device
+    analysis = analysis[0]
+  return float((analysis or {}).get("flops", float("nan")))
+
+
+def whole_programs(config, batch: int, repeats: int) -> dict:
+  """{'train': (GFLOP, seconds), 'inference': (GFLOP, seconds)} of the whole step / predict."""
+  step, state = benchmark.train_step_fn(config)
+  data = benchmark.random_batch(config, batch)
+  train_gflop = flops(step, state, data) / 1e9
+  holder = [state]
+
+  def run_step():
+    holder[0], metrics = step(holder[0], data)
+    return metrics
+
+  _, train_warm = benchmark.time_calls(run_step, repeats)
+  model = api.create_model(config)
+  variables = api.init_variables(config, jax.random.key(0))
+  images = jnp.asarray(data["image"])
+  fusion = config.model.fusion.inference
+  infer_gflop = flops(api.predict, model, variables, images, fusion=fusion) / 1e9
+  _, infer_warm = benchmark.time_calls(
+    functools.partial(api.predict, model, variables, images, fusion=fusion), repeats
+  )
+  return {
+    "train": (train_gflop, float(np.median(train_warm))),
+    "inference": (infer_gflop, float(np.median(infer_warm))),
+  }
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="segrpn", choices=["segrpn", "baseline", "det"])
   parser.add_argument("--backbone", default="resnet50")
-  parser.add_argument("--fusion", default=None, help="inference fusion (default: the config's)")
+  parser.add_argument("--size", default="512x1024", help="HxW")
   parser.add_argument("--batch", type=int, default=1)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--counts-only", action="store_true", help="parameter counts only")
   args = parser.parse_args()
+  size = tuple(int(v) for v in args.size.split("x"))
 
-  for name in ("case1", "baseline"):
-    params, other = parameter_count(paper_config(name, args.backbone))
+  for name in ("segrpn", "baseline", "det"):
+    params, other = parameter_count(paper_config(name, args.backbone, size, 1, "float32"))
     print(f"{name:9s} {args.backbone}: {params:,} parameters (+{other:,} non-trainable)")
+  if args.counts_only:
+    return
 
-  config = paper_config("case1", args.backbone)
-  config.model.dtype = args.dtype
-  model = api.create_model(config)
-  variables = api.init_variables(config, jax.random.key(0))
-  height, width = config.data.image_size
-  images = np.random.RandomState(0).randn(args.batch, height, width, 3).astype(np.float32)
-  fusion = args.fusion or config.model.fusion.inference
-
-  predict = lambda: api.predict(model, variables, images, fusion=fusion)
-  first, warm = time_calls(predict, args.repeats)
+  config = paper_config(args.model, args.backbone, size, args.batch, args.dtype)
   print(
-    f"predict {args.backbone} {height}x{width} batch {args.batch} fusion {fusion} "
-    f"{args.dtype} on {jax.devices()[0].device_kind} ({os.cpu_count()} cores): "
-    f"compile + first run {first:.1f} s, warm median {np.median(warm):.3f} s "
-    f"(min {np.min(warm):.3f}, max {np.max(warm):.3f}, {args.repeats} runs); "
-    f"load average {os.getloadavg()[0]:.2f}"
+    f"\n{args.model} {args.backbone} {size[0]}x{size[1]} batch {args.batch} {args.dtype} on "
+    f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores); warm medians of {args.repeats}"
   )
-  # The dense part alone: backbone, FPN, both RPN heads and the class-agnostic convs (the
-  # semantic head is not among the outputs of rpn_maps, so XLA drops it).
-  _, warm = time_calls(lambda: api.rpn_maps(model, variables, images), args.repeats)
-  print(
-    f"  of which dense maps (api.rpn_maps): warm median {np.median(warm):.3f} s; "
-    f"load average {os.getloadavg()[0]:.2f}"
-  )
+  rows = {}
+  for mode in ("train", "inference"):
+    model, variables, found = parts(config, args.batch, train=mode == "train")
+    for part, (fn, inputs, grad_inputs) in found.items():
+      program = part_program(model, variables, fn, inputs, grad_inputs, mode == "train")
+      _, warm = benchmark.time_calls(program, args.repeats)
+      rows.setdefault(part, {})[mode] = (flops(program) / 1e9, float(np.median(warm)))
+  whole = whole_programs(config, args.batch, args.repeats)
+  rows["rest"] = {
+    mode: tuple(whole[mode][i] - sum(r[mode][i] for r in rows.values()) for i in (0, 1))
+    for mode in whole
+  }
+  rows["whole"] = whole
 
-
-def time_calls(fn, repeats: int) -> tuple[float, list[float]]:
-  """(compile + first call seconds, warm call seconds) of a jitted function."""
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - start
-  warm = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    warm.append(time.perf_counter() - start)
-  return first, warm
+  print("| part | train GFLOP | train s | train share | inference GFLOP | inference s |")
+  print("|---|---|---|---|---|---|")
+  for part, r in rows.items():
+    (tg, ts), (ig, is_) = r["train"], r["inference"]
+    share = ts / whole["train"][1]
+    print(f"| {part} | {tg:.1f} | {ts:.3f} | {share:.0%} | {ig:.1f} | {is_:.3f} |")
+  print(f"load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The train state: what a checkpoint holds, how a fresh one is made and how one is restored.
+"""The train state: what a checkpoint holds, how a fresh one is made, how one is restored, and
+`train_step`, the SGD step that advances it (importable without TensorFlow or CLU).
 
 Below `api` in the import order (main -> train -> evaluate -> api -> state), so that loading a
 run for inference never imports the training loop.
@@ -11,9 +12,10 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from jax.sharding import Mesh
 
-from segrpn_jax import checkpointing, optim, parallel, pretrained
+from segrpn_jax import checkpointing, losses, optim, parallel, pretrained
 from segrpn_jax.models import resnet
 from segrpn_jax.models.segrpn import SegRPN
 
@@ -130,3 +132,51 @@ def restore_state(
     (state, step), or (None, None) when the run has no checkpoint yet.
   """
   return checkpointing.restore(manager, abstract_state(config, mesh), step)
+
+
+def train_step(state: TrainState, batch: dict, *, model, config) -> tuple[TrainState, dict]:
+  """One SGD step on a global batch.
+
+  Args:
+    state: the replicated train state.
+    batch: the global batch (BATCH_KEYS), sharded along its leading axis.
+    model: the SegRPN module (static).
+    config: the full config (static).
+
+  Returns:
+    (new state, metrics): the total loss, every loss part, the learning rate and grad norm.
+  """
+  tx, schedule = create_optimizer(config, state.params)
+  rng, step_rng = jax.random.split(state.rng)
+  mutable = ["batch_stats"] if "batch_stats" in state.extra else False
+
+  def loss_fn(params):
+    variables = {"params": params, **state.extra}
+    out = model.apply(
+      variables,
+      batch["image"],
+      targets=batch,
+      train=True,
+      rngs={"sampling": step_rng},
+      mutable=mutable,
+    )
+    outputs, updates = out if mutable else (out, {})
+    loss, parts = losses.segrpn_loss(outputs, batch, config)
+    return loss, (parts, updates)
+
+  (loss, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=optax.apply_updates(state.params, param_updates),
+    extra={**state.extra, **updates},
+    opt_state=opt_state,
+    rng=rng,
+  )
+  metrics = {
+    "loss": loss,
+    **parts,
+    "learning_rate": schedule(state.step),
+    "grad_norm": optax.global_norm(grads),
+  }
+  return new_state, metrics

@@ -1,6 +1,7 @@
 """Training: `train_and_evaluate(config, workdir)`, the TrainState and the jitted train step.
 
-One jitted `train_step(state, batch)` runs data-parallel over every device on a ('data',) mesh:
+One jitted `train_step(state, batch)` (defined in `state.py`, beside the TrainState it advances,
+so that it imports no TensorFlow) runs data-parallel over every device on a ('data',) mesh:
 the batch is sharded along its leading axis, the state is replicated, and XLA inserts the
 gradient all-reduce. The same global batch therefore gives the same loss on 1 or N devices.
 """
@@ -12,12 +13,12 @@ from collections.abc import Iterator
 import jax
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from segrpn_jax import checkpointing, evaluate, input_pipeline, losses, parallel, run_config
+from segrpn_jax import checkpointing, evaluate, input_pipeline, parallel, run_config
 from segrpn_jax import state as state_lib
+from segrpn_jax.state import train_step
 
 # Keys of a batch that the jitted step consumes; host-only keys (image_id) stay outside.
 BATCH_KEYS = (
@@ -30,56 +31,6 @@ BATCH_KEYS = (
   "valid",
   "example_mask",
 )
-
-
-def train_step(
-  state: state_lib.TrainState, batch: dict, *, model, config
-) -> tuple[state_lib.TrainState, dict]:
-  """One SGD step on a global batch.
-
-  Args:
-    state: the replicated train state.
-    batch: the global batch (BATCH_KEYS), sharded along its leading axis.
-    model: the SegRPN module (static).
-    config: the full config (static).
-
-  Returns:
-    (new state, metrics): the total loss, every loss part, the learning rate and grad norm.
-  """
-  tx, schedule = state_lib.create_optimizer(config, state.params)
-  rng, step_rng = jax.random.split(state.rng)
-  mutable = ["batch_stats"] if "batch_stats" in state.extra else False
-
-  def loss_fn(params):
-    variables = {"params": params, **state.extra}
-    out = model.apply(
-      variables,
-      batch["image"],
-      targets=batch,
-      train=True,
-      rngs={"sampling": step_rng},
-      mutable=mutable,
-    )
-    outputs, updates = out if mutable else (out, {})
-    loss, parts = losses.segrpn_loss(outputs, batch, config)
-    return loss, (parts, updates)
-
-  (loss, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(
-    step=state.step + 1,
-    params=optax.apply_updates(state.params, param_updates),
-    extra={**state.extra, **updates},
-    opt_state=opt_state,
-    rng=rng,
-  )
-  metrics = {
-    "loss": loss,
-    **parts,
-    "learning_rate": schedule(state.step),
-    "grad_norm": optax.global_norm(grads),
-  }
-  return new_state, metrics
 
 
 def _check_finite(metrics: dict, step: int) -> None:

@@ -1,0 +1,116 @@
+"""Train-step and inference time, and peak device memory, per dtype and batch size.
+
+  python scripts/bench_step.py                                  # SegRPN case1 R50, 512x1024
+  python scripts/bench_step.py --dtype float32 bfloat16 --batch 1 8 --repeats 10   # on a GPU
+  python scripts/bench_step.py --model det --size 256x512 --batch 1
+
+Each (dtype, batch) runs in a process of its own, so that the peak memory it reports is its own:
+inference first (`api.predict` under the config's inference fusion), then the train step
+(`state.train_step`: forward, backward, optimizer update, state donated). Peak memory is the
+device's `peak_bytes_in_use` after each (so the train figure is the larger of the two); the CPU
+reports none. Times are warm medians of `--repeats` calls, after one call that compiles.
+Random weights and a random batch (`segrpn_jax.benchmark`): no dataset is read, and nothing but
+JAX, flax, optax, orbax and ml_collections is imported.
+"""
+
+import argparse
+import functools
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from configs import baseline, case1
+from segrpn_jax import benchmark
+
+MODELS = {"segrpn": "configs/case1.py (roi+rpn)", "det": "configs/baseline.py, no semantic head"}
+
+
+def make_config(model: str, size: tuple[int, int], batch: int, dtype: str):
+  """The paper config of `model` with random weights at `size`, `batch` images, `dtype`."""
+  config = case1.get_config() if model == "segrpn" else baseline.get_config()
+  if model == "det":
+    config.model.semantic_head = False
+  config.model.pretrained = ""
+  config.model.dtype = dtype
+  config.data.image_size = size
+  config.train.batch_size = config.eval.batch_size = batch
+  return config
+
+
+def peak_gib() -> float | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2**30
+
+
+def measure(model: str, size: tuple[int, int], batch: int, dtype: str, repeats: int) -> dict:
+  """Inference then train-step timings and peaks of one configuration, in this process."""
+  config = make_config(model, size, batch, dtype)
+  data = benchmark.random_batch(config, batch)
+  result = {"model": model, "dtype": dtype, "batch": batch, "device": jax.devices()[0].device_kind}
+
+  infer = functools.partial(benchmark.inference_fn(config), data["image"])
+  first, warm = benchmark.time_calls(infer, repeats)
+  result.update(infer_compile_s=first, infer_s=float(np.median(warm)), infer_peak_gib=peak_gib())
+
+  step, state = benchmark.train_step_fn(config)
+  holder = [state]
+
+  def run_step():
+    holder[0], metrics = step(holder[0], data)
+    return metrics
+
+  first, warm = benchmark.time_calls(run_step, repeats)
+  result.update(train_compile_s=first, train_s=float(np.median(warm)), train_peak_gib=peak_gib())
+  return result
+
+
+def _gib(value) -> str:
+  return "n/a" if value is None else f"{value:.1f}"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="segrpn", choices=sorted(MODELS))
+  parser.add_argument("--size", default="512x1024", help="HxW")
+  parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+  parser.add_argument("--batch", nargs="+", type=int, default=[1])
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--json", help="also append each result as a JSON line to this file")
+  parser.add_argument("--worker", help=argparse.SUPPRESS)  # "dtype,batch": measure in-process
+  args = parser.parse_args()
+  size = tuple(int(v) for v in args.size.split("x"))
+
+  if args.worker:
+    dtype, batch = args.worker.split(",")
+    print(json.dumps(measure(args.model, size, int(batch), dtype, args.repeats)))
+    return
+
+  print(f"{args.model} ({MODELS[args.model]}), ResNet-50, {size[0]}x{size[1]}, random weights")
+  print("| dtype | batch | train step s | inference s | peak GiB train | peak GiB inference |")
+  print("|---|---|---|---|---|---|")
+  for dtype in args.dtype:
+    for batch in args.batch:
+      argv = [sys.argv[0], f"--model={args.model}", f"--size={args.size}"]
+      argv += [f"--repeats={args.repeats}", f"--worker={dtype},{batch}"]
+      done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=False)
+      if done.returncode != 0:
+        cause = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"| {dtype} | {batch} | failed: {cause} | | | |", flush=True)
+        continue
+      r = json.loads(done.stdout.strip().splitlines()[-1])
+      print(
+        f"| {dtype} | {batch} | {r['train_s']:.3f} | {r['infer_s']:.3f} | "
+        f"{_gib(r['train_peak_gib'])} | {_gib(r['infer_peak_gib'])} |",
+        flush=True,
+      )
+      if args.json:
+        with open(args.json, "a") as f:
+          f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+  main()
