@@ -75,9 +75,10 @@ def test_weight_grad_gemm_equals_the_xla_weight_gradient_it_replaces_on_cpu():
   x = jax.random.normal(jax.random.key(0), (2, 11, 9, 3))
   dy = jax.random.normal(jax.random.key(1), (2, 6, 5, 4))
   args = {"kernel_shape": (3, 3, 3, 4), "strides": (2, 2), "pads": ((1, 1), (1, 1))}
-  np.testing.assert_allclose(
-    conv.weight_grad_gemm(x, dy, **args), conv.weight_grad_xla(x, dy, **args), rtol=1e-5, atol=1e-5
-  )
+  # Full float32 products: a GPU would otherwise run both in TF32 (10-bit mantissas).
+  with jax.default_matmul_precision("highest"):
+    ours, xla = conv.weight_grad_gemm(x, dy, **args), conv.weight_grad_xla(x, dy, **args)
+  np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5)
 
 
 def test_hand_computed_weight_gradient():
