@@ -14,6 +14,8 @@ FORBIDDEN = {
   "train": {"main"},
   "predict": {"main", "train", "evaluate"},
   "checkpointing": {"main", "train", "evaluate", "api", "state"},
+  # The speed scripts run where only JAX is installed (a GPU machine without TensorFlow).
+  "benchmark": {"main", "train", "evaluate", "input_pipeline", "datasets"},
 }
 
 
@@ -50,3 +52,23 @@ def test_importing_api_loads_neither_train_nor_evaluate():
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]"
+
+
+def test_importing_benchmark_loads_no_tensorflow_or_clu():
+  code = (
+    "import sys, segrpn_jax.benchmark; "
+    "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'clu') if m in sys.modules))"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
+
+
+def test_every_model_convolution_is_layers_conv():
+  # flax's nn.Conv used directly would miss ops.conv's CPU weight gradient.
+  for path in (PACKAGE / "models").glob("*.py"):
+    if path.name == "layers.py":
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      func = node.func if isinstance(node, ast.Call) else None
+      if isinstance(func, ast.Attribute) and func.attr in ("Conv", "ConvTranspose"):
+        raise AssertionError(f"{path.name}:{node.lineno} calls nn.{func.attr}; use layers.Conv")
