@@ -130,10 +130,8 @@ def part_program(model, variables, fn, inputs, grad_inputs: bool, train: bool):
 
 def flops(jitted, *args, **kwargs) -> float:
   """XLA's FLOP count of a jitted function's compiled program (NaN if it gives none)."""
-  analysis = jitted.lower(*args, **kwargs).compile().cost_analysis()
-  if isinstance(analysis, list):  # older jax: one dict per device
-    analysis = analysis[0]
-  return float((analysis or {}).get("flops", float("nan")))
+  count = benchmark.xla_flops(jitted.lower(*args, **kwargs).compile())
+  return float("nan") if count is None else count
 
 
 def whole_programs(config, batch: int, repeats: int) -> dict:

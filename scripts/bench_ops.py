@@ -16,14 +16,15 @@ are random but shaped like the real thing:
 """
 
 import argparse
+import functools
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segrpn_jax import benchmark
 from segrpn_jax.ops import anchors as anchor_ops
 from segrpn_jax.ops import boxes as box_ops
 from segrpn_jax.ops.nms import nms
@@ -35,15 +36,8 @@ HEIGHT, WIDTH = 512, 1024
 
 def _time(fn, args, repeats):
   """Returns (compile + first call seconds, median seconds of the warm calls)."""
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+  first, warm = benchmark.time_calls(functools.partial(fn, *args), repeats)
+  return first, statistics.median(warm)
 
 
 def _random_boxes(rng, n):

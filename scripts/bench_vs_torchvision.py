@@ -266,18 +266,6 @@ def _our_config(contender: str, size: tuple[int, int], batch_size: int):
   return config
 
 
-def _xla_flops(compiled) -> float | None:
-  """FLOPs of a compiled JAX program as XLA counts them, None where it gives no count."""
-  try:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):  # older JAX: one dict per program
-      cost = cost[0] if cost else {}
-    flops = float(cost.get("flops", 0.0))
-  except Exception:  # a backend without cost analysis: the table shows '-'
-    return None
-  return flops if flops > 0 else None
-
-
 def _run_ours(args: argparse.Namespace) -> dict:
   """Times one of our contenders.
 
@@ -307,7 +295,7 @@ def _run_ours(args: argparse.Namespace) -> dict:
     first, warm = benchmark.time_calls(call, args.steps, args.warmup)
     # Compiled programs are cached: lowering again with the same shapes does not recompile.
     start = time.perf_counter()
-    flops = _xla_flops(step.lower(carry["state"], batch).compile())
+    flops = benchmark.xla_flops(step.lower(carry["state"], batch).compile())
     loss = float(np.asarray(carry["metrics"]["loss"]))
   else:
     predict = benchmark.inference_fn(config)
@@ -317,7 +305,7 @@ def _run_ours(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     try:
       lowered = predict.func.lower(*predict.args, images, **predict.keywords)
-      flops = _xla_flops(lowered.compile())
+      flops = benchmark.xla_flops(lowered.compile())
     except AttributeError:  # not a partial of a jitted function any more: no count
       flops = None
   cost_s = time.perf_counter() - start  # ~0 unless the cache missed and it compiled again

@@ -94,3 +94,15 @@ def time_calls(
     jax.block_until_ready(fn())
     warm.append(time.perf_counter() - start)
   return first, warm
+
+
+def xla_flops(compiled) -> float | None:
+  """FLOPs of a compiled JAX program as XLA counts them, None where it gives no count."""
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):  # older JAX: one dict per program
+      cost = cost[0] if cost else {}
+    flops = float(cost.get("flops", 0.0))
+  except Exception:  # a backend without cost analysis
+    return None
+  return flops if flops > 0 else None
