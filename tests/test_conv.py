@@ -45,14 +45,31 @@ def test_float32_values_and_gradients_equal_lax(kernel, stride, padding, batch):
   strides = (stride, stride)
   ours = conv.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
   ref = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
-  np.testing.assert_array_equal(ours, ref)  # the forward is XLA's own convolution
-
   grads = jax.grad(_loss(conv.conv_general_dilated, strides, padding), (0, 1))(x, w)
   ref_grads = jax.grad(_loss(lax.conv_general_dilated, strides, padding), (0, 1))(x, w)
-  np.testing.assert_array_equal(grads[0], ref_grads[0])  # so is the input gradient
+  if kernel == 1:  # a matrix product on CPU: the same sums in another order
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads[0], ref_grads[0], rtol=1e-5, atol=1e-5)
+  else:  # XLA's own convolution and input gradient
+    np.testing.assert_array_equal(ours, ref)
+    np.testing.assert_array_equal(grads[0], ref_grads[0])
   # The weight gradient sums the same products in another order: float32 rounding.
   np.testing.assert_allclose(grads[1], ref_grads[1], rtol=1e-5, atol=1e-5)
   assert grads[1].dtype == w.dtype
+
+
+def test_non_square_kernels_equal_lax():
+  # The stride-1 weight gradient takes one product per kernel column: k_h != k_w checks that
+  # rows and columns are not swapped.
+  x = jax.random.normal(jax.random.key(0), (2, 9, 11, 3))
+  for kernel_hw, padding in [((2, 3), "SAME"), ((3, 1), ((2, 0), (0, 0))), ((1, 3), "SAME")]:
+    w = jax.random.normal(jax.random.key(1), (*kernel_hw, 3, 4))
+    loss = _loss(conv.conv_general_dilated, (1, 1), padding)
+    ref_loss = _loss(lax.conv_general_dilated, (1, 1), padding)
+    dx, dw = jax.grad(loss, (0, 1))(x, w)
+    ref_dx, ref_dw = jax.grad(ref_loss, (0, 1))(x, w)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-5)
 
 
 def test_bfloat16_gradients_equal_lax_to_bfloat16_rounding():
@@ -73,12 +90,14 @@ def test_bfloat16_gradients_equal_lax_to_bfloat16_rounding():
 
 def test_weight_grad_gemm_equals_the_xla_weight_gradient_it_replaces_on_cpu():
   x = jax.random.normal(jax.random.key(0), (2, 11, 9, 3))
-  dy = jax.random.normal(jax.random.key(1), (2, 6, 5, 4))
-  args = {"kernel_shape": (3, 3, 3, 4), "strides": (2, 2), "pads": ((1, 1), (1, 1))}
-  # Full float32 products: a GPU would otherwise run both in TF32 (10-bit mantissas).
-  with jax.default_matmul_precision("highest"):
-    ours, xla = conv.weight_grad_gemm(x, dy, **args), conv.weight_grad_xla(x, dy, **args)
-  np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5)
+  # Stride 2: one product per tap; stride 1: one per kernel column.
+  for strides, dy_shape in [((2, 2), (2, 6, 5, 4)), ((1, 1), (2, 11, 9, 4))]:
+    dy = jax.random.normal(jax.random.key(1), dy_shape)
+    args = {"kernel_shape": (3, 3, 3, 4), "strides": strides, "pads": ((1, 1), (1, 1))}
+    # Full float32 products: a GPU would otherwise run both in TF32 (10-bit mantissas).
+    with jax.default_matmul_precision("highest"):
+      ours, xla = conv.weight_grad_gemm(x, dy, **args), conv.weight_grad_xla(x, dy, **args)
+    np.testing.assert_allclose(ours, xla, rtol=1e-5, atol=1e-5)
 
 
 def test_hand_computed_weight_gradient():

@@ -62,12 +62,13 @@ def test_importing_benchmark_loads_no_tensorflow_or_clu():
   assert loaded == []
 
 
-def test_every_model_convolution_is_layers_conv():
-  # flax's nn.Conv used directly would miss ops.conv's CPU weight gradient.
+def test_every_model_convolution_and_group_norm_is_from_layers():
+  # flax's nn.Conv used directly would miss ops.conv's CPU gradients, nn.GroupNorm the faster
+  # statistics of layers.GroupNorm.
   for path in (PACKAGE / "models").glob("*.py"):
     if path.name == "layers.py":
       continue
     for node in ast.walk(ast.parse(path.read_text())):
       func = node.func if isinstance(node, ast.Call) else None
-      if isinstance(func, ast.Attribute) and func.attr in ("Conv", "ConvTranspose"):
-        raise AssertionError(f"{path.name}:{node.lineno} calls nn.{func.attr}; use layers.Conv")
+      if isinstance(func, ast.Attribute) and func.attr in ("Conv", "ConvTranspose", "GroupNorm"):
+        raise AssertionError(f"{path.name}:{node.lineno} calls nn.{func.attr}; use layers'")

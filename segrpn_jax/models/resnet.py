@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segrpn_jax.models.layers import Conv
+from segrpn_jax.models.layers import Conv, GroupNorm
 
 # (block kind, blocks per stage) of each supported depth, as torchvision defines them.
 STAGE_BLOCKS = {
@@ -121,7 +121,7 @@ def make_norm(norm: str, dtype: Any, train: bool, frozen: bool, name: str) -> nn
       name=name,
     )
   if norm == "gn":
-    return nn.GroupNorm(num_groups=GN_GROUPS, epsilon=BN_EPS, dtype=dtype, name=name)
+    return GroupNorm(num_groups=GN_GROUPS, epsilon=BN_EPS, dtype=dtype, name=name)
   raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
 
 

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from segrpn_jax.models.fpn import LEVELS, ROI_LEVELS
-from segrpn_jax.models.layers import Conv
+from segrpn_jax.models.layers import Conv, GroupNorm
 
 # detectron2 c2_msra_fill: He-normal with fan_out, as used by its SemSegFPNHead convs.
 _MSRA = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -83,7 +83,7 @@ class ConvGNReLU(nn.Module):
     x = Conv(
       self.features, (3, 3), padding="SAME", use_bias=False, kernel_init=_MSRA, dtype=self.dtype
     )(x)
-    x = nn.GroupNorm(num_groups=num_groups(self.features), dtype=self.dtype)(x)
+    x = GroupNorm(num_groups=num_groups(self.features), dtype=self.dtype)(x)
     return nn.relu(x)
 
 

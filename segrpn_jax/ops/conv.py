@@ -1,17 +1,25 @@
-"""A 2-D convolution whose weight gradient runs at a matrix product's rate on XLA:CPU.
+"""A 2-D convolution whose gradients run at a matrix product's rate on XLA:CPU.
 
 XLA:CPU lowers the weight gradient of a convolution to a convolution whose "kernel" is the
 whole output gradient. At the model's stride-4 shapes (128x256 at 512x1024 input) that runs at
 a tenth of the forward's rate or less; `scripts/bench_conv.py` measures it. Here the weight
-gradient of a k_h x k_w kernel is instead k_h * k_w matrix products, one per tap:
+gradient of a k_h x k_w kernel is instead made of matrix products:
 
   dW[i, j] = sum over (n, y, x) of x_pad[n, s*y + i, s*x + j, :]^T dY[n, y, x, :]     (C_in x C_out)
 
-each a strided slice of the padded input against the output gradient, contracted over batch and
-space. The forward and the input gradient stay XLA's own convolutions (they already run at a
-convolution's rate), and on GPU and TPU the weight gradient is XLA's too: the choice is made
-per platform when the program is lowered (`lax.platform_dependent`), so one jitted function
-serves every backend.
+With stride 1, one product per kernel column j: the input's column slice (every padded row)
+against dY placed at each row offset i, so k_w copies of the input instead of k_h * k_w; with
+other strides, one product per tap, each a strided slice of the padded input. dY is transposed
+once so that every product has the layout XLA's matrix product takes without a copy.
+
+A 1x1 convolution without padding (the ResNet's bottleneck ends, the FPN's laterals, every
+predictor) is one matrix product over the channels on CPU, value and gradients: XLA:CPU runs
+those convolutions at a quarter of a product's rate or less where a side has few channels.
+
+Otherwise the forward and the input gradient stay XLA's own convolutions (they already run at
+a convolution's rate), and on GPU and TPU everything is XLA's own convolution: the choice is
+made per platform when the program is lowered (`lax.platform_dependent`), so one jitted
+function serves every backend.
 
 `conv_general_dilated` has `lax.conv_general_dilated`'s signature, so flax's
 `nn.Conv(conv_general_dilated=...)` takes it; anything but an NHWC/HWIO convolution without
@@ -49,8 +57,9 @@ def conv_general_dilated(
     lhs, rhs, window_strides, padding, ...: as `lax.conv_general_dilated`.
 
   Returns:
-    The convolution, equal to `lax.conv_general_dilated`'s; its gradients equal
-    `jax.grad` of it up to float rounding (the sums run in another order).
+    The convolution, equal to `lax.conv_general_dilated`'s (a 1x1 one on CPU up to float
+    rounding); its gradients equal `jax.grad` of it up to float rounding (the sums run in
+    another order).
   """
   fast = (
     lhs.ndim == 4
@@ -82,7 +91,36 @@ def conv_general_dilated(
   else:
     pads = padding
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+  if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
+    return lax.platform_dependent(
+      lhs,
+      rhs,
+      cpu=functools.partial(pointwise_dot, strides=strides, precision=precision),
+      default=functools.partial(_conv, strides=strides, pads=pads, precision=precision),
+    )
   return _conv(lhs, rhs, strides, pads, precision)
+
+
+def pointwise_dot(x, w, *, strides: tuple[int, int], precision=None):
+  """A 1x1 convolution without padding as one matrix product over the channels.
+
+  XLA:CPU runs 1x1 convolutions as convolutions, at a quarter of a matrix product's rate or less
+  where one side has few channels (ResNet's 256 -> 64 reductions) and at about 1 % of it for a
+  single output channel (the level logits); the product runs at the matrix product's rate, and
+  its gradients (the transposed product; the strided slice's padding) are plain products too.
+
+  Args:
+    x: [N, H, W, C_in].
+    w: [1, 1, C_in, C_out].
+    strides: (s_h, s_w): the product reads every s-th row and column, as the convolution does.
+    precision: as `lax.conv_general_dilated`'s.
+
+  Returns:
+    [N, ceil(H / s_h), ceil(W / s_w), C_out], the convolution's value up to float rounding.
+  """
+  if strides != (1, 1):
+    x = x[:, :: strides[0], :: strides[1], :]
+  return lax.dot_general(x, w[0, 0], (((3,), (0,)), ((), ())), precision=precision)
 
 
 def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
@@ -122,7 +160,7 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def weight_grad_gemm(x, dy, *, kernel_shape, strides: tuple[int, int], pads: Padding):
-  """The weight gradient as one matrix product per kernel tap.
+  """The weight gradient as matrix products: one per kernel column (stride 1) or per tap.
 
   Args:
     x: [N, H, W, C_in] convolution input.
@@ -138,22 +176,44 @@ def weight_grad_gemm(x, dy, *, kernel_shape, strides: tuple[int, int], pads: Pad
   n, h_out, w_out, _ = dy.shape
   s_h, s_w = strides
   x_pad = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-  taps = []
-  for i in range(k_h):
+  # dY^T once, [C_out, N, H_out, W_out]: each product is then [.., C_out, K] x [K, C_in], the
+  # layout XLA:CPU's matrix product takes as it is; contracting the taps' leading axes instead
+  # makes XLA transpose every tap (k_h * k_w copies of the input) before its product.
+  dy_t = jnp.transpose(dy, (3, 0, 1, 2))
+  contract = (((2, 3, 4), (0, 1, 2)), ((), ()))
+  if strides == (1, 1):
+    # Stride 1: one product per kernel column instead of per tap. Column j's input slice keeps
+    # every padded row; dY stands at each row offset i of the padded height (zero elsewhere),
+    # so [k_h, C_out, K] x [K, C_in] gives the whole column. k_w slices of the input instead of
+    # k_h * k_w (each a full copy) and (H + k_h - 1) / H of the products' work.
+    h_pad = x_pad.shape[1]
+    zero = jnp.zeros((), dy.dtype)
+    rows = jnp.stack(
+      [
+        lax.pad(dy_t, zero, ((0, 0, 0), (0, 0, 0), (i, h_pad - h_out - i, 0), (0, 0, 0)))
+        for i in range(k_h)
+      ]
+    )
+    columns = []
     for j in range(k_w):
-      tap = lax.slice(
-        x_pad,
-        (0, i, j, 0),
-        (n, i + s_h * (h_out - 1) + 1, j + s_w * (w_out - 1) + 1, c_in),
-        (1, s_h, s_w, 1),
-      )
-      # Contract batch and space: [N, H_out, W_out, C_in] x [N, H_out, W_out, C_out].
-      taps.append(
-        lax.dot_general(
-          tap, dy, (((0, 1, 2), (0, 1, 2)), ((), ())), preferred_element_type=jnp.float32
+      column = lax.slice(x_pad, (0, 0, j, 0), (n, h_pad, j + w_out, c_in))
+      columns.append(lax.dot_general(rows, column, contract, preferred_element_type=jnp.float32))
+    dw = jnp.stack(columns, axis=1)  # [k_h, k_w, C_out, C_in]
+  else:
+    taps = []
+    for i in range(k_h):
+      for j in range(k_w):
+        tap = lax.slice(
+          x_pad,
+          (0, i, j, 0),
+          (n, i + s_h * (h_out - 1) + 1, j + s_w * (w_out - 1) + 1, c_in),
+          (1, s_h, s_w, 1),
         )
-      )
-  return jnp.stack(taps).reshape(k_h, k_w, c_in, c_out).astype(x.dtype)
+        taps.append(
+          lax.dot_general(dy_t[None], tap, contract, preferred_element_type=jnp.float32)[0]
+        )
+    dw = jnp.stack(taps).reshape(k_h, k_w, c_out, c_in)
+  return jnp.transpose(dw, (0, 1, 3, 2)).astype(x.dtype)
 
 
 def weight_grad_xla(
