@@ -151,7 +151,7 @@ def synthetic(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   m.roi.canonical_size = m.roi.canonical_size // 2
   t = c.train
   t.batch_size = 4
-  t.num_steps = 800  # with data generation, compile and evaluation: under 20 min on 2 CPU cores
+  t.num_steps = 800  # with compile and evaluation: 18-26 min on 2 CPU cores (README)
   t.base_lr = 0.02
   t.warmup_start_lr = 0.002
   t.warmup_steps = 100

@@ -12,9 +12,11 @@ against dY placed at each row offset i, so k_w copies of the input instead of k_
 other strides, one product per tap, each a strided slice of the padded input. dY is transposed
 once so that every product has the layout XLA's matrix product takes without a copy.
 
-A 1x1 convolution without padding (the ResNet's bottleneck ends, the FPN's laterals, every
-predictor) is one matrix product over the channels on CPU, value and gradients: XLA:CPU runs
-those convolutions at a quarter of a product's rate or less where a side has few channels.
+A 1x1 convolution of stride 1 without padding (the ResNet's bottleneck ends, the FPN's
+laterals, every predictor) is one matrix product over the channels on CPU, value and
+gradients: XLA:CPU runs those convolutions at a quarter of a product's rate or less where a
+side has few channels. (With stride 2, the ResNet's downsampling shortcut, the product's input
+gradient, a padding with holes, is slower than XLA's: that one stays a convolution.)
 
 Otherwise the forward and the input gradient stay XLA's own convolutions (they already run at
 a convolution's rate), and on GPU and TPU everything is XLA's own convolution: the choice is
@@ -91,35 +93,32 @@ def conv_general_dilated(
   else:
     pads = padding
   pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
+  if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)) and strides == (1, 1):
     return lax.platform_dependent(
       lhs,
       rhs,
-      cpu=functools.partial(pointwise_dot, strides=strides, precision=precision),
+      cpu=functools.partial(pointwise_dot, precision=precision),
       default=functools.partial(_conv, strides=strides, pads=pads, precision=precision),
     )
   return _conv(lhs, rhs, strides, pads, precision)
 
 
-def pointwise_dot(x, w, *, strides: tuple[int, int], precision=None):
-  """A 1x1 convolution without padding as one matrix product over the channels.
+def pointwise_dot(x, w, *, precision=None):
+  """A 1x1 convolution of stride 1 without padding as one matrix product over the channels.
 
   XLA:CPU runs 1x1 convolutions as convolutions, at a quarter of a matrix product's rate or less
   where one side has few channels (ResNet's 256 -> 64 reductions) and at about 1 % of it for a
   single output channel (the level logits); the product runs at the matrix product's rate, and
-  its gradients (the transposed product; the strided slice's padding) are plain products too.
+  its gradients are plain products too.
 
   Args:
     x: [N, H, W, C_in].
     w: [1, 1, C_in, C_out].
-    strides: (s_h, s_w): the product reads every s-th row and column, as the convolution does.
     precision: as `lax.conv_general_dilated`'s.
 
   Returns:
-    [N, ceil(H / s_h), ceil(W / s_w), C_out], the convolution's value up to float rounding.
+    [N, H, W, C_out], the convolution's value up to float rounding.
   """
-  if strides != (1, 1):
-    x = x[:, :: strides[0], :: strides[1], :]
   return lax.dot_general(x, w[0, 0], (((3,), (0,)), ((), ())), precision=precision)
 
 
