@@ -35,6 +35,7 @@ import ml_collections
 import optax
 
 from segrpn_jax.ops import scale
+from segrpn_jax.ops.resize import resize_bilinear
 
 
 def rpn_losses(rpn: dict, targets: dict, batch_size_per_image: int) -> tuple[jax.Array, jax.Array]:
@@ -98,11 +99,9 @@ def semantic_loss(logits_bxhxwxk: jax.Array, labels_bxhxw: jax.Array, ignore_lab
   Returns:
     scalar; 0 when every pixel is ignored.
   """
-  b, height, width = labels_bxhxw.shape
-  k = logits_bxhxwxk.shape[-1]
-  logits = jax.image.resize(
-    logits_bxhxwxk.astype(jnp.float32), (b, height, width, k), "bilinear"
-  )  # half-pixel centres: PyTorch interpolate(align_corners=False)
+  height, width = labels_bxhxw.shape[1:]
+  # Half-pixel centres: PyTorch interpolate(align_corners=False).
+  logits = resize_bilinear(logits_bxhxwxk.astype(jnp.float32), height, width)
   keep = labels_bxhxw != ignore_label
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(keep, labels_bxhxw, 0))
   return jnp.sum(jnp.where(keep, ce, 0.0)) / jnp.maximum(jnp.sum(keep), 1).astype(jnp.float32)
@@ -183,10 +182,9 @@ def class_agnostic_map_loss(logits_bxhxw: jax.Array, batch: dict) -> jax.Array:
   target, weight = foreground_target(
     batch["instance_map"], batch["valid"], batch["crowd"], batch["semantic"]
   )
-  b, height, width = target.shape
-  logits = jax.image.resize(
-    logits_bxhxw.astype(jnp.float32), (b, height, width), "bilinear"
-  )  # half-pixel centres, like the semantic loss
+  height, width = target.shape[1:]
+  # Half-pixel centres, like the semantic loss.
+  logits = resize_bilinear(logits_bxhxw.astype(jnp.float32)[..., None], height, width)[..., 0]
   bce = optax.sigmoid_binary_cross_entropy(logits, target)
   return jnp.sum(weight * bce) / jnp.maximum(jnp.sum(weight), 1.0)
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from segrpn_jax import api, summaries
 from segrpn_jax.datasets import labels
 from segrpn_jax.models.rpn import FUSIONS
-from segrpn_jax.models.seg_heads import resize_bilinear
+from segrpn_jax.ops.resize import resize_bilinear
 from segrpn_jax.pretrained import PIXEL_MEAN, PIXEL_STD
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")

@@ -17,9 +17,10 @@ import pytest
 
 from configs import default
 from segrpn_jax import api, losses, optim, pretrained
-from segrpn_jax.models import fpn, roi_heads, rpn, seg_heads
+from segrpn_jax.models import fpn, roi_heads, rpn
 from segrpn_jax.models.segrpn import SegRPN
 from segrpn_jax.ops import boxes as box_ops
+from segrpn_jax.ops.resize import resize_bilinear
 
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 H, W = 128, 256
@@ -170,7 +171,7 @@ def test_tiny_inference_shapes_and_ranges(inference):
     assert np.all((full[key] >= -1e-6) & (full[key] <= 1 + 1e-6)), key
   # The semantic head's binary map is its total thing probability (trainIds 11..18) at input
   # size.
-  probs = jax.nn.softmax(seg_heads.resize_bilinear(jnp.asarray(full["semantic_logits"]), H, W))
+  probs = jax.nn.softmax(resize_bilinear(jnp.asarray(full["semantic_logits"]), H, W))
   np.testing.assert_allclose(full["semantic_foreground_prob"], probs[..., 11:].sum(-1), atol=1e-5)
 
 
@@ -180,7 +181,7 @@ def test_class_agnostic_prob_is_the_upsampled_stride4_map(inference, overfit):
   # (GroupNorm: train and inference agree), so its stride-4 map logits are inference's.
   map_logits = overfit["outputs"]["class_agnostic_map_logits"]
   assert map_logits.shape == (1, H // 4, W // 4)
-  up = seg_heads.resize_bilinear(jnp.asarray(map_logits)[..., None], H, W)[..., 0]
+  up = resize_bilinear(jnp.asarray(map_logits)[..., None], H, W)[..., 0]
   np.testing.assert_allclose(full["class_agnostic_prob"][:1], jax.nn.sigmoid(up), atol=1e-5)
   assert 0 < overfit["parts"]["class_agnostic_map"] < 1  # BCE of logits ~ 0: about log 2
 

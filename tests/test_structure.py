@@ -62,9 +62,9 @@ def test_importing_benchmark_loads_no_tensorflow_or_clu():
   assert loaded == []
 
 
-def test_every_model_convolution_and_group_norm_is_from_layers():
+def test_every_model_convolution_group_norm_and_max_pool_is_ours():
   # flax's nn.Conv used directly would miss ops.conv's CPU gradients, nn.GroupNorm the faster
-  # statistics of layers.GroupNorm.
+  # statistics of layers.GroupNorm, nn.max_pool the fused gradient of ops.pool.
   for path in (PACKAGE / "models").glob("*.py"):
     if path.name == "layers.py":
       continue
@@ -72,3 +72,10 @@ def test_every_model_convolution_and_group_norm_is_from_layers():
       func = node.func if isinstance(node, ast.Call) else None
       if isinstance(func, ast.Attribute) and func.attr in ("Conv", "ConvTranspose", "GroupNorm"):
         raise AssertionError(f"{path.name}:{node.lineno} calls nn.{func.attr}; use layers'")
+      if (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and func.value.id == "nn"
+        and func.attr == "max_pool"
+      ):
+        raise AssertionError(f"{path.name}:{node.lineno} calls nn.max_pool; use ops.pool's")

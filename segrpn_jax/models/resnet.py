@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from segrpn_jax.models.layers import Conv, GroupNorm
+from segrpn_jax.ops import pool
 
 # (block kind, blocks per stage) of each supported depth, as torchvision defines them.
 STAGE_BLOCKS = {
@@ -257,7 +258,7 @@ class ResNet(nn.Module):
     x = _conv(scaled_width(STEM_WIDTH, self.width_multiplier), 7, 2, self.dtype, "conv1")(x)
     x = make_norm(self.norm, self.dtype, train, "bn1" in frozen, "bn1")(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = pool.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     if "conv1" in frozen:
       x = jax.lax.stop_gradient(x)
 

@@ -37,29 +37,14 @@ import math
 from collections.abc import Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from segrpn_jax.models.fpn import LEVELS, ROI_LEVELS
 from segrpn_jax.models.layers import Conv, GroupNorm
+from segrpn_jax.ops.resize import resize_bilinear
 
 # detectron2 c2_msra_fill: He-normal with fan_out, as used by its SemSegFPNHead convs.
 _MSRA = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def resize_bilinear(x_bxhxwxc: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
-  """Bilinear resize with half-pixel centres (PyTorch interpolate, align_corners=False).
-
-  Args:
-    x_bxhxwxc: [B, H, W, C] map.
-    height: output height.
-    width: output width.
-
-  Returns:
-    [B, height, width, C] in the input dtype.
-  """
-  b, _, _, c = x_bxhxwxc.shape
-  return jax.image.resize(x_bxhxwxc, (b, height, width, c), "bilinear").astype(x_bxhxwxc.dtype)
 
 
 def num_groups(width: int) -> int:

@@ -34,10 +34,11 @@ from segrpn_jax.models import rpn as rpn_lib
 from segrpn_jax.models.fpn import FPN, LEVELS, ROI_LEVELS
 from segrpn_jax.models.resnet import ResNet
 from segrpn_jax.models.roi_heads import BoxHead, pool_rois, postprocess, sample_rois
-from segrpn_jax.models.seg_heads import ClassAgnosticModule, SemanticHead, resize_bilinear
+from segrpn_jax.models.seg_heads import ClassAgnosticModule, SemanticHead
 from segrpn_jax.ops import anchors as anchor_ops
 from segrpn_jax.ops import boxes as box_ops
 from segrpn_jax.ops import matching
+from segrpn_jax.ops.resize import resize_bilinear
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
