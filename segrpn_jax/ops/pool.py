@@ -20,8 +20,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-Padding = tuple[tuple[int, int], tuple[int, int]]
-
 
 def max_pool(
   x: jnp.ndarray, window_shape: Sequence[int], strides: Sequence[int], padding: Sequence

@@ -81,11 +81,10 @@ def upsample_axis(x: jnp.ndarray, factor: int, axis: int) -> jnp.ndarray:
   n = x.shape[axis]
   # Edge padding by one on each side: x_e[k] = x[clip(k - 1, 0, n - 1)].
   x_e = jnp.concatenate([_slice_axis(x, 0, 1, axis), x, _slice_axis(x, n - 1, 1, axis)], axis=axis)
-  centre = _slice_axis(x_e, 1, n, axis)
   outputs = []
   for step, weight in _phases(factor):
-    other = _slice_axis(x_e, 1 + step, n, axis)
-    blend = centre * jnp.asarray(1.0 - weight, x.dtype) + other * jnp.asarray(weight, x.dtype)
+    other = _slice_axis(x_e, 1 + step, n, axis)  # x[i + step], clamped
+    blend = x * jnp.asarray(1.0 - weight, x.dtype) + other * jnp.asarray(weight, x.dtype)
     outputs.append(blend)
   y = jnp.stack(outputs, axis=axis + 1)  # [..., n, factor, ...]
   return y.reshape(*x.shape[:axis], n * factor, *x.shape[axis + 1 :])
