@@ -1,12 +1,7 @@
 """The paper's baseline: Panoptic-FPN style detection + semantic segmentation, no class-agnostic
-module and no RPN_mask. Tokens: `synthetic`."""
 
-from configs import default
+The setting lives in the package (segrpn_jax/configs/baseline.py); this thin file makes
+`--config=configs/baseline.py[:TOKENS]` work from a clone.
+"""
 
-
-def get_config(arg: str | None = None):
-  c = default.get_config()
-  c.model.class_agnostic = False
-  c.model.scale_case = "none"
-  c.model.fusion.train = c.model.fusion.inference = "none"
-  return default.apply_tokens(c, arg, fusion_allowed=False)
+from segrpn_jax.configs.baseline import get_config  # noqa: F401

@@ -1,10 +1,7 @@
 """Table II, case 1: scale-divided class-agnostic targets (docs/architecture.md, eq. (3)).
-Tokens: roi | rpn | roi+rpn (default roi+rpn), synthetic."""
 
-from configs import default
+The setting lives in the package (segrpn_jax/configs/case1.py); this thin file makes
+`--config=configs/case1.py[:TOKENS]` work from a clone.
+"""
 
-
-def get_config(arg: str | None = None):
-  c = default.get_config()
-  c.model.scale_case = "case1"
-  return default.apply_tokens(c, arg)
+from segrpn_jax.configs.case1 import get_config  # noqa: F401

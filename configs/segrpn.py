@@ -1,10 +1,7 @@
 """Table I: SegRPN without scale division (every instance on every class-agnostic level).
-Tokens: roi | rpn | roi+rpn (default roi+rpn), synthetic."""
 
-from configs import default
+The setting lives in the package (segrpn_jax/configs/segrpn.py); this thin file makes
+`--config=configs/segrpn.py[:TOKENS]` work from a clone.
+"""
 
-
-def get_config(arg: str | None = None):
-  c = default.get_config()
-  c.model.scale_case = "none"
-  return default.apply_tokens(c, arg)
+from segrpn_jax.configs.segrpn import get_config  # noqa: F401

@@ -21,8 +21,8 @@ import time
 import jax
 import numpy as np
 
-from configs import default
 from segrpn_jax import api, evaluate, metrics
+from segrpn_jax.configs import default
 
 
 def synthetic_exports(rng, num_images, num_dets, num_gt=20, classes=8):

@@ -17,8 +17,8 @@ import time
 
 import jax
 
-from configs import default
 from segrpn_jax import input_pipeline
+from segrpn_jax.configs import default
 
 
 def _images_per_second(batches, num_batches, warmup, batch_size):

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import baseline, case1
 from segrpn_jax import api, benchmark
+from segrpn_jax.configs import baseline, case1
 from segrpn_jax.models import rpn as rpn_lib
 from segrpn_jax.models.fpn import LEVELS, ROI_LEVELS
 

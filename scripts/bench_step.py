@@ -25,8 +25,8 @@ import tempfile
 import jax
 import numpy as np
 
-from configs import baseline, case1
 from segrpn_jax import benchmark
+from segrpn_jax.configs import baseline, case1
 
 MODELS = {"segrpn": "configs/case1.py (roi+rpn)", "det": "configs/baseline.py, no semantic head"}
 

@@ -251,7 +251,7 @@ def _our_config(contender: str, size: tuple[int, int], batch_size: int):
   Returns:
     The ml_collections config.
   """
-  from configs import baseline, case1
+  from segrpn_jax.configs import baseline, case1
 
   if contender in (OURS_DET, TORCHVISION):
     config = baseline.get_config()

@@ -2,7 +2,7 @@
 
 Accepted files hold torchvision's keys (`conv1.weight`, `bn1.running_mean`,
 `layer1.0.downsample.0.weight`, ...): `.pth` (read with torch, imported only
-then), `.npz` (see scripts/convert_resnet.py) or `.safetensors` (the
+then), `.npz` (see python -m segrpn_jax.convert_resnet) or `.safetensors` (the
 `safetensors` package).
 
 The ResNet module names mirror torchvision's, so the mapping is mechanical:
@@ -63,7 +63,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     except ImportError as e:
       raise ImportError(
         f"Reading {path!r} needs PyTorch, which is not installed. Convert it once on a "
-        "machine with torch (python scripts/convert_resnet.py --input X.pth --output X.npz "
+        "machine with torch (python -m segrpn_jax.convert_resnet --input X.pth --output X.npz "
         "--depth N) or pass a .npz/.safetensors file with the same keys."
       ) from e
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -253,8 +253,8 @@ def check_pretrained_file(config: ml_collections.ConfigDict) -> str:
   if config.model.pretrained and not os.path.exists(path):
     raise FileNotFoundError(
       f"config.model.pretrained = {config.model.pretrained!r} does not exist; point it at a "
-      "torchvision ResNet state dict (.pth/.npz/.safetensors; scripts/convert_resnet.py and the "
-      "README's 'Pretrained weights' say how to make one) or set it to '' to train from scratch."
+      "torchvision ResNet state dict (.pth/.npz/.safetensors; python -m segrpn_jax.convert_resnet "
+      "makes one) or set it to '' to train from scratch."
     )
   return path
 

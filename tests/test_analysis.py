@@ -1,6 +1,6 @@
-"""segrpn_jax/analysis.py (the numbers behind the figures) against NumPy recounts and hand-made
-cases, and scripts/figures.py on a tiny trained run: every figure writes a PNG, bad input is one
-readable error."""
+"""segrpn_jax.paper.analysis (the numbers behind the figures) against NumPy recounts and
+hand-made cases, and segrpn_jax.paper.figures on a tiny trained run: every figure writes a PNG,
+bad input is one readable error."""
 
 import math
 import os
@@ -12,14 +12,15 @@ import pytest
 from clu import metric_writers
 from PIL import Image
 
-from segrpn_jax import analysis, api, checkpointing, train
+from segrpn_jax import api, checkpointing, train
 from segrpn_jax.ops import anchors as anchor_ops
 from segrpn_jax.ops import proposals as proposal_ops
 from segrpn_jax.ops import scale as scale_ops
+from segrpn_jax.paper import analysis
 from tests.train_config import tiny_train_config
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
-                      "figures.py")  # fmt: skip
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "segrpn_jax",
+                      "paper", "figures.py")  # fmt: skip
 
 
 def _iou(a, b):

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from configs import default
 from segrpn_jax import benchmark
+from segrpn_jax.configs import default
 
 
 def test_random_batch_has_the_contract_shapes_dtypes_and_consistent_instances():

@@ -10,8 +10,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from configs import default
 from segrpn_jax import evaluate, metrics
+from segrpn_jax.configs import default
 
 H, W, B, P = 32, 64, 3, 40
 

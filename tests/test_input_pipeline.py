@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import default
 from segrpn_jax import input_pipeline, metrics, pretrained, run_config
+from segrpn_jax.configs import default
 from segrpn_jax.datasets import labels
 
 HEIGHT, WIDTH = 48, 96  # resized from the tiny builder's 64x128

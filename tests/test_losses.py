@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
 from segrpn_jax import losses
+from segrpn_jax.configs import default
 
 
 def bce(x, t):

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
 from segrpn_jax import api, losses, optim, pretrained
+from segrpn_jax.configs import default
 from segrpn_jax.models import fpn, roi_heads, rpn
 from segrpn_jax.models.segrpn import SegRPN
 from segrpn_jax.ops import boxes as box_ops

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import case1, default
 from segrpn_jax import optim
+from segrpn_jax.configs import case1, default
 from segrpn_jax.models.resnet import ResNet
 
 

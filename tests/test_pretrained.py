@@ -282,7 +282,7 @@ def test_bad_files_are_explained(tmp_path, monkeypatch):
   # Without torch a .pth is refused with the way out, whether or not torch is installed here.
   monkeypatch.setitem(sys.modules, "torch", None)
   (tmp_path / "w.pth").write_bytes(b"0")
-  with pytest.raises(ImportError, match=r"needs PyTorch.*convert_resnet\.py"):
+  with pytest.raises(ImportError, match=r"needs PyTorch.*segrpn_jax\.convert_resnet"):
     pretrained.load_torchvision_resnet(str(tmp_path / "w.pth"), 50)
 
 
@@ -308,7 +308,7 @@ def test_safetensors_files_are_read_through_the_package(tmp_path):
 
 
 def test_convert_script_writes_an_equivalent_npz(tmp_path, r18_state):
-  script = pathlib.Path(__file__).parents[1] / "scripts" / "convert_resnet.py"
+  script = pathlib.Path(__file__).parents[1] / "segrpn_jax" / "convert_resnet.py"
   spec = importlib.util.spec_from_file_location("convert_resnet", script)
   convert = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(convert)

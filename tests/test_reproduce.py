@@ -1,5 +1,5 @@
-"""scripts/reproduce.py and segrpn_jax/tables.py: the commands of the sweep, which runs it skips,
-and the tables built from hand-written metrics files (some runs missing)."""
+"""segrpn_jax.paper.reproduce and segrpn_jax.paper.tables: the commands of the sweep, which runs
+it skips, and the tables built from hand-written metrics files (some runs missing)."""
 
 import csv
 import io
@@ -12,10 +12,10 @@ import types
 
 import pytest
 
-from segrpn_jax import tables
+from segrpn_jax.paper import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "scripts", "reproduce.py")
+SCRIPT = os.path.join(ROOT, "segrpn_jax", "paper", "reproduce.py")
 
 
 def _write(root, name, metrics, step=800, config_steps=None):
@@ -93,14 +93,18 @@ def test_dry_run_prints_every_command(tmp_path):
   ).stdout.splitlines()
   root = str(tmp_path)
   assert out == [
-    f"python -m segrpn_jax.main --config=configs/baseline.py:synthetic --workdir={root}/baseline",
-    "# finished, would be skipped: python -m segrpn_jax.main "
-    f"--config=configs/segrpn.py:roi,synthetic --workdir={root}/segrpn-roi",
     "python -m segrpn_jax.main "
-    f"--config=configs/segrpn.py:rpn,synthetic --workdir={root}/segrpn-rpn",
+    f"--config=segrpn_jax/configs/baseline.py:synthetic --workdir={root}/baseline",
+    "# finished, would be skipped: python -m segrpn_jax.main "
+    f"--config=segrpn_jax/configs/segrpn.py:roi,synthetic --workdir={root}/segrpn-roi",
+    "python -m segrpn_jax.main "
+    f"--config=segrpn_jax/configs/segrpn.py:rpn,synthetic --workdir={root}/segrpn-rpn",
   ]
   paper = tables.command(tables.TRAININGS["case3-roi+rpn"], "runs")
-  assert paper[3:] == ["--config=configs/case3.py:roi+rpn", "--workdir=runs/case3-roi+rpn"]
+  assert paper[3:] == [
+    "--config=segrpn_jax/configs/case3.py:roi+rpn",
+    "--workdir=runs/case3-roi+rpn",
+  ]
 
 
 def test_the_sweep_skips_finished_runs_and_stops_on_a_failure(tmp_path):

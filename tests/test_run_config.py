@@ -2,8 +2,8 @@
 
 import pytest
 
-from configs import baseline, default
 from segrpn_jax import run_config
+from segrpn_jax.configs import baseline, default
 
 
 def test_every_problem_is_reported_together_with_its_key():

@@ -1,6 +1,6 @@
 """The tiny synthetic config the training tests share (one compile of each jitted function)."""
 
-from configs import default
+from segrpn_jax.configs import default
 
 
 def tiny_train_config(data_dir: str):

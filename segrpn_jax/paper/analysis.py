@@ -1,5 +1,5 @@
-"""The numbers behind the paper's figures, computed on the host in NumPy (scripts/figures.py draws
-them).
+"""The numbers behind the paper's figures, computed on the host in NumPy
+(segrpn_jax.paper.figures draws them).
 
 - `rpn_map_images`: per level, the RPN feature maps (channel mean) and objectness (max over a
   position's anchors) of RPN_det, RPN_mask and the fusions (Figs. 1 and 3a).

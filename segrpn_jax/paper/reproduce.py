@@ -1,6 +1,6 @@
 """Reproduces the paper's Table I or II: trains every run it needs, then writes the table.
 
-  python scripts/reproduce.py --table 1 --root runs/table1 [--synthetic] [--rows NAME ...]
+  python -m segrpn_jax.paper.reproduce --table 1 --root runs/table1 [--synthetic] [--rows NAME ...]
                               [--dry-run | --collect]
 
 Each training gets its own workdir, ROOT/<name> (names: `--dry-run` lists them), and runs as
@@ -22,7 +22,7 @@ import argparse
 import shlex
 import sys
 
-from segrpn_jax import tables
+from segrpn_jax.paper import tables
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Converts a torchvision ResNet state dict (.pth) to .npz, once, so training needs no torch.
 
-  python scripts/convert_resnet.py --input resnet50-0676ba61.pth \\
+  python -m segrpn_jax.convert_resnet --input resnet50-0676ba61.pth \\
       --output resnet50.npz --depth 50
 
 Reading a .pth needs PyTorch (`pip install torch`); .safetensors and .npz inputs

@@ -1,6 +1,7 @@
-"""Draws the paper's figures from a training run; the numbers come from segrpn_jax.analysis.
+"""Draws the paper's figures from a training run; the numbers come from segrpn_jax.paper.analysis.
 
-  python scripts/figures.py FIGURE --workdir RUN --output FILE.png [--image N] [--split validation]
+  python -m segrpn_jax.paper.figures FIGURE --workdir RUN --output FILE.png [--image N]
+      [--split validation]
 
 FIGURE:
   rpn-maps            Figs. 1, 3a: per level P2..P6 the RPN_det feature map (channel mean) and
@@ -33,8 +34,9 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.patches as mpatches
 import matplotlib.pyplot as plt
 
-from segrpn_jax import analysis, api
+from segrpn_jax import api
 from segrpn_jax.models import rpn as rpn_lib
+from segrpn_jax.paper import analysis
 
 FIGURES = (
   "rpn-maps",

@@ -8,7 +8,7 @@ from the segmentation branch, which no RPN fusion touches, so every row of a tra
 same two numbers.
 
 Only the paper numbers known for sure are printed beside ours; every other paper cell is "n/a".
-`scripts/reproduce.py` is the command line around these functions.
+`segrpn_jax.paper.reproduce` is the command line around these functions.
 """
 
 import csv
@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import tqdm
 
-import configs
+from segrpn_jax import configs
 
 COLUMNS = ("mIoU", "mIoU*", "mAP", "AR")  # shown as percentages
 NOT_REPORTED = "-"  # a finished run without this metric (mIoU*: the baseline has no binary map)
@@ -155,7 +155,8 @@ def trainings(table: int, names: list[str] | None = None) -> list[Training]:
 
 
 def _configs_dir() -> str:
-  """configs/ as the commands should name it: relative to the working folder when inside it."""
+  """segrpn_jax/configs/ as the commands name it: relative to the working folder when inside it
+  (a clone), else absolute (an installed package)."""
   path = os.path.dirname(os.path.abspath(configs.__file__))
   relative = os.path.relpath(path)
   return path if relative.startswith("..") else relative
@@ -189,7 +190,7 @@ def num_steps(training: Training, root: str, synthetic: bool = False) -> int:
   if os.path.exists(config_json):
     with open(config_json) as f:
       return int(json.load(f)["train"]["num_steps"])
-  module = importlib.import_module(f"configs.{training.config_file.removesuffix('.py')}")
+  module = importlib.import_module(f"segrpn_jax.configs.{training.config_file.removesuffix('.py')}")
   arg = training.config_arg(synthetic).partition(":")[2] or None
   return int(module.get_config(arg).train.num_steps)
 

@@ -1,0 +1,10 @@
+"""Table II, case 1: scale-divided class-agnostic targets (docs/architecture.md, eq. (3)).
+Tokens: roi | rpn | roi+rpn (default roi+rpn), synthetic."""
+
+from segrpn_jax.configs import default
+
+
+def get_config(arg: str | None = None):
+  c = default.get_config()
+  c.model.scale_case = "case1"
+  return default.apply_tokens(c, arg)
