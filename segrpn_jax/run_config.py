@@ -11,14 +11,14 @@ from collections.abc import Callable
 import jax
 import ml_collections
 
-from segrpn_jax import checkpointing, input_pipeline, pretrained
+from segrpn_jax import checkpointing, errors, input_pipeline, pretrained
 from segrpn_jax.models import resnet
 from segrpn_jax.models import rpn as rpn_lib
 from segrpn_jax.models.segrpn import DTYPES, resnet_depth
 from segrpn_jax.ops import scale
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.ConfigError):
   """One or more config problems; the message lists each with its key and its fix."""
 
   def __init__(self, problems: list[str]):
