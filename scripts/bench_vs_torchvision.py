@@ -261,6 +261,7 @@ def _our_config(contender: str, size: tuple[int, int], batch_size: int):
   else:
     raise ValueError(f"unknown contender {contender!r}; one of {', '.join(CONTENDERS)}")
   config.model.pretrained = ""  # random weights: the timing does not depend on their values
+  config.model.freeze_at = 2  # torchvision's trainable_layers=3: equal work on both sides
   config.data.image_size = tuple(size)
   config.train.batch_size = batch_size
   return config

@@ -36,6 +36,7 @@ def tiny_config():
   c.data.max_instances = 4
   m = c.model
   m.backbone, m.width_multiplier, m.norm, m.pretrained = "resnet18", 0.25, "gn", ""
+  m.freeze_at = 2  # detectron2's choice, so that the frozen stages get tested
   m.fpn_channels, m.semantic_channels = 32, 16
   m.size_scale = H / 512
   m.rpn.pre_nms_topk_train = m.rpn.pre_nms_topk_test = 100

@@ -38,7 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   m.backbone = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
   m.width_multiplier = 1.0  # scales every ResNet width (small CPU models use < 1)
   m.norm = "frozen_bn"  # frozen_bn (paper) | bn | gn
-  m.freeze_at = 2  # freeze the stem (1) and also res2 (2); 0 trains everything
+  # Backbone stages without update: 0 none (the paper: "All feature layers are jointly updated
+  # during training"), 1 the stem, 2 the stem and res2 (detectron2's choice:
+  # --config.model.freeze_at=2). BN stays a fixed affine either way (norm = frozen_bn).
+  m.freeze_at = 0
   m.pretrained = (
     "weights/resnet50.npz"  # torchvision ResNet state dict (.pth/.npz/.safetensors); "" = none
   )
