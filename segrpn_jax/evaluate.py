@@ -1,4 +1,5 @@
-"""Evaluation on the validation split: mAP50, AR@1000 (per class and per FPN level), mIoU, mIoU*.
+"""Evaluation on the validation split: mAP50, AR50@1000 and AR@1000 (per class and per FPN level),
+mIoU, mIoU*.
 
 One pass over the data runs the model under every inference fusion obtained by switching parts
 of the training fusion off (the paper's "w/o ... during inference" rows): their metrics carry
@@ -6,7 +7,9 @@ the prefix `inference/<fusion>/`; the unprefixed detection metrics are those of
 config.model.fusion.inference. Detection metrics are COCOeval's on COCO exports that
 evaluation writes to `workdir/eval_<step>/` (ground_truth.json, detections.json of the
 inference fusion, proposals.json: its top config.eval.max_proposals proposals per image), so
-they can be re-scored with pycocotools.
+they can be re-scored with pycocotools. The log shows the metrics as tables
+(`format_results`); TensorBoard gets the scalars and, per summary image, the ground truth beside
+the detections (and the semantic ground truth beside the prediction).
 """
 
 import functools
@@ -152,8 +155,9 @@ def evaluate_variables(
     writer: a CLU writer for scalars and image summaries (None: none).
 
   Returns:
-    {'mAP50', 'AP50/<class>', 'AP50/L<l>', 'AR@<P>', 'AR@<P>/L<l>' (P =
-    config.eval.max_proposals; level keys only for levels with ground truth) of
+    {'mAP50', 'AP50/<class>', 'AP50/L<l>', 'AR@<P>', 'AR@<P>/L<l>' (IoU 0.50:0.95),
+    'AR50@<P>', 'AR50@<P>/L<l>' (IoU 0.5) (P = config.eval.max_proposals; level keys only for
+    levels with ground truth) of
     config.model.fusion.inference, the same under 'inference/<fusion>/' for every evaluated
     fusion, 'mIoU', 'IoU/<class>', 'pixel_accuracy' (with a semantic head), 'mIoU*' (with the
     class-agnostic module) and 'mIoU*/semantic' (with a semantic head)}.
@@ -206,15 +210,79 @@ def evaluate_variables(
     if matrix.matrix.any():
       results[name] = matrix.result()["mIoU"]
   results = {k: float(v) for k, v in results.items()}
-  logging.info("Eval at step %d: %s", step, {k: round(v, 4) for k, v in results.items()})
+  logging.info(
+    "Eval at step %d (%d images):\n%s",
+    step, len(collector.gt["boxes"]), format_results(results, fusions, config.eval.max_proposals),
+  )  # fmt: skip
   if workdir is not None and jax.process_index() == 0:
     with open(os.path.join(workdir, f"metrics_{step}.json"), "w") as f:
       json.dump(results, f, indent=2, sort_keys=True)
   if writer is not None:
     writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()})
     if images:
-      writer.write_images(step, {"eval/detections_and_semantic": np.stack(images)})
+      writer.write_images(step, {"eval/truth_and_prediction": np.stack(images)})
   return results
+
+
+def _percent(value) -> str:
+  """A fraction as a percentage cell: '45.12', 'nan', or '-' for a metric not reported."""
+  if value is None:
+    return "-"
+  return "nan" if np.isnan(value) else f"{100 * value:.2f}"
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
+  """Columns padded to their widest cell; the first column left-aligned, the others right."""
+  widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
+  lines = []
+  for row in [header, *rows]:
+    cells = [row[0].ljust(widths[0])]
+    cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+    lines.append("  ".join(cells).rstrip())
+  return lines
+
+
+def format_results(results: dict, fusions: tuple[str, ...], max_proposals: int = 1000) -> str:
+  """The metrics of `evaluate_variables` as plain-text tables, in percent.
+
+  Args:
+    results: the metrics dict (fractions).
+    fusions: the evaluated fusions, the inference fusion first (`evaluated_fusions`).
+    max_proposals: config.eval.max_proposals, the P of the AR@P keys.
+
+  Returns:
+    Per fusion mAP50, AR50@P (IoU 0.5) and AR@P (IoU 0.50:0.95); per FPN level of the
+    inference fusion AP50, AR50@P, AR@P; mIoU, mIoU* and mIoU*/semantic; per class AP50 of
+    every fusion. '-' marks a metric the run does not report (a level without ground truth, the
+    baseline's mIoU*).
+  """
+  detection = ("mAP50", f"AR50@{max_proposals}", f"AR@{max_proposals}")
+
+  def of(fusion, key):  # the unprefixed keys are the inference fusion's
+    default = results.get(key) if fusion == fusions[0] else None
+    return results.get(f"inference/{fusion}/{key}", default)
+
+  by_fusion = []
+  for fusion in fusions:
+    name = fusion + (" (inference)" if fusion == fusions[0] else "")
+    by_fusion.append([name, *(_percent(of(fusion, k)) for k in detection)])
+  lines = _text_table(["fusion", *detection], by_fusion)
+
+  per_level = ("AP50", *detection[1:])
+  prefixes = tuple(f"{name}/L" for name in per_level)
+  levels = sorted({k.rsplit("/", 1)[1] for k in results if k.startswith(prefixes)})
+  if levels:
+    rows = [
+      [level, *(_percent(results.get(f"{k}/{level}")) for k in per_level)] for level in levels
+    ]
+    lines += ["", *_text_table([f"level ({fusions[0]})", *per_level], rows)]
+
+  segmentation = ["mIoU", "mIoU*", "mIoU*/semantic"]
+  lines += ["", *_text_table(segmentation, [[_percent(results.get(k)) for k in segmentation]])]
+
+  rows = [[c, *(_percent(of(f, f"AP50/{c}")) for f in fusions)] for c in metrics.THING_CLASSES]
+  lines += ["", *_text_table(["AP50", *fusions], rows)]
+  return "\n".join(lines)
 
 
 def _detection_metrics(config, collector, fusions, step, workdir) -> dict:
@@ -246,17 +314,25 @@ def _detection_metrics(config, collector, fusions, step, workdir) -> dict:
 
 
 def _summary_images(out: dict, batch: dict, fusion: str) -> list[np.ndarray]:
-  """Per example: `fusion`'s detections on the image beside the predicted semantic overlay."""
+  """Per example: the ground-truth boxes beside `fusion`'s detections and, with a semantic
+  head, the ground-truth semantic map beside the predicted one, as titled panels."""
   pictures = []
   det = out["fusions"][fusion]["detections"]
   for i in np.flatnonzero(batch["example_mask"]):
     rgb = summaries.denormalize(batch["image"][i])
-    boxes = summaries.draw_detections(
+    truth = summaries.draw_detections(
+      rgb, batch["boxes"][i], None, batch["classes"][i], batch["valid"][i]
+    )
+    found = summaries.draw_detections(
       rgb, det["boxes"][i], det["scores"][i], det["classes"][i], det["valid"][i]
     )
+    rows = [[("ground truth", truth), (f"detections ({fusion})", found)]]
     if "semantic_labels" in out:
-      boxes = np.concatenate([boxes, summaries.semantic_overlay(rgb, out["semantic_labels"][i])], 1)
-    pictures.append(boxes)
+      rows.append([
+        ("semantic ground truth", summaries.semantic_overlay(rgb, batch["semantic"][i])),
+        ("semantic prediction", summaries.semantic_overlay(rgb, out["semantic_labels"][i])),
+      ])  # fmt: skip
+    pictures.append(summaries.panels(rows))
   return pictures
 
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics: COCO box AP50 and AR@1000 scored by COCOeval, mIoU and mIoU*.
+"""Evaluation metrics: COCO box AP50, AR@1000 and AR50@1000 scored by COCOeval, mIoU and mIoU*.
 
 Detection metrics are computed on COCO exports (`to_coco_ground_truth`, `to_coco_json`), the
 same dicts evaluation writes to disk, so anyone can re-score them with pycocotools. The scorer
@@ -10,8 +10,10 @@ matching takes about 11 minutes for AR@1000 on 500 images, faster-coco-eval abou
   AP per category; 'mAP50' averages the categories with non-ignored ground truth (NaN when
   none). Crowd annotations (iscrowd=1) are ignore regions: a detection whose intersection over
   its own area with one reaches 0.5 counts as neither TP nor FP.
-- `proposal_recall`: COCOeval with useCats=0 (class-agnostic), maxDets [max_proposals],
-  recall averaged over IoU 0.50:0.05:0.95.
+- `proposal_recall`: COCOeval with useCats=0 (class-agnostic), maxDets [max_proposals]:
+  'AR@1000' is the recall averaged over IoU 0.50:0.05:0.95 (COCO's AR), 'AR50@1000' the recall
+  at IoU 0.5 alone. The paper's "Prop. AR at 1000" does not say which IoUs it averages, so both
+  are reported.
 - Both take area ranges (`level_area_ranges`: the box areas of each FPN level's scale case)
   and add a key per range that has ground truth: COCOeval's areaRng rule ignores ground truth
   outside the range and does not count unmatched detections outside it as false positives.
@@ -256,7 +258,8 @@ def detection_ap(ground_truth, detections, area_ranges=None, iou_threshold=0.5, 
 
 
 def proposal_recall(ground_truth, proposals, max_proposals=1000, area_ranges=None):
-  """Class-agnostic COCO average recall over IoU 0.50:0.05:0.95 at `max_proposals` per image.
+  """Class-agnostic COCO recall at `max_proposals` per image: averaged over IoU 0.50:0.05:0.95
+  and at IoU 0.5 alone (one COCOeval run; 0.5 is the first of its thresholds).
 
   Args:
     ground_truth: a COCO dataset dict; categories are ignored (COCOeval useCats=0), crowd
@@ -266,8 +269,9 @@ def proposal_recall(ground_truth, proposals, max_proposals=1000, area_ranges=Non
     area_ranges: optional {label: (low, high)} box-area ranges (`level_area_ranges`).
 
   Returns:
-    {'AR@<max_proposals>': average recall (NaN without ground truth), 'AR@<max>/<label>': per
-    area range that holds ground truth}.
+    {'AR@<max_proposals>': average recall over IoU 0.50:0.95 (NaN without ground truth),
+    'AR50@<max_proposals>': recall at IoU 0.5 (NaN likewise), and 'AR@<max>/<label>',
+    'AR50@<max>/<label>' per area range that holds ground truth}.
   """
   area_ranges = area_ranges or {}
   recall = _cocoeval(
@@ -278,11 +282,16 @@ def proposal_recall(ground_truth, proposals, max_proposals=1000, area_ranges=Non
     max_dets=max_proposals,
     area_ranges=area_ranges,
   )["recall"][:, 0, :, 0]  # fmt: skip  [T, A]; -1 without ground truth
-  key = f"AR@{max_proposals}"
-  results = {key: float(recall[:, 0].mean()) if (recall[:, 0] > -1).all() else float("nan")}
+  key, key50 = f"AR@{max_proposals}", f"AR50@{max_proposals}"
+  defined = (recall[:, 0] > -1).all()
+  results = {
+    key: float(recall[:, 0].mean()) if defined else float("nan"),
+    key50: float(recall[0, 0]) if defined else float("nan"),  # iouThrs[0] = 0.5
+  }
   for a, label in enumerate(area_ranges, start=1):
     if (recall[:, a] > -1).all():
       results[f"{key}/{label}"] = float(recall[:, a].mean())
+      results[f"{key50}/{label}"] = float(recall[0, a])
   return results
 
 

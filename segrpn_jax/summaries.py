@@ -1,5 +1,6 @@
-"""Pictures of predictions: detections drawn on the input (Pillow) and the semantic map as an
-overlay, for TensorBoard and `segrpn_jax.predict`."""
+"""Pictures of predictions: detections (or ground truth) drawn on the input (Pillow), the
+semantic map as an overlay and titled panels side by side, for TensorBoard and
+`segrpn_jax.predict`."""
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -20,7 +21,7 @@ def denormalize(image_hxwx3: np.ndarray) -> np.ndarray:
 def draw_detections(
   image_hxwx3: np.ndarray,
   boxes_nx4: np.ndarray,
-  scores_n: np.ndarray,
+  scores_n: np.ndarray | None,
   classes_n: np.ndarray,
   valid_n: np.ndarray,
   class_names: tuple[str, ...] = labels.THING_NAMES,
@@ -30,7 +31,8 @@ def draw_detections(
   Args:
     image_hxwx3: uint8 RGB image.
     boxes_nx4: [N, 4] boxes (x1, y1, x2, y2) in the image's pixels.
-    scores_n: [N] scores in [0, 1].
+    scores_n: [N] scores in [0, 1], or None for boxes without a score (ground truth): the
+      label is the class name alone.
     classes_n: [N] detection classes 1..len(class_names) (class c has trainId c + 10, whose
       colour it gets).
     valid_n: [N] bool; invalid rows (padding) draw nothing.
@@ -44,6 +46,8 @@ def draw_detections(
   font = ImageFont.load_default()
   width, height = picture.size
   valid_n = np.asarray(valid_n, bool)
+  if scores_n is None:
+    scores_n = np.full(len(valid_n), np.nan)
   for box, score, cls in zip(
     np.asarray(boxes_nx4)[valid_n],
     np.asarray(scores_n)[valid_n],
@@ -53,7 +57,7 @@ def draw_detections(
     x1, y1, x2, y2 = np.clip(np.round(box).astype(int), 0, [width - 1, height - 1] * 2)
     colour = tuple(int(v) for v in TRAIN_ID_COLOURS[int(cls) + labels.THING_TRAIN_ID_OFFSET])
     draw.rectangle((x1, y1, x2, y2), outline=colour, width=BOX_LINE_WIDTH)
-    text = f"{class_names[int(cls) - 1]} {float(score):.2f}"
+    text = class_names[int(cls) - 1] + ("" if np.isnan(score) else f" {float(score):.2f}")
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     text_w, text_h = right - left + 2, bottom - top + 2
     # Above the box when it fits, else inside its top edge (boxes touching the image top).
@@ -74,3 +78,36 @@ def semantic_overlay(image_hxwx3: np.ndarray, labels_hxw: np.ndarray, alpha=0.5)
   blend = (1 - alpha) * image_hxwx3.astype(np.float32) + alpha * colours
   blend = np.where((train_ids == labels.IGNORE_LABEL)[..., None], image_hxwx3, blend)
   return blend.astype(np.uint8)
+
+
+TITLE_HEIGHT = 14  # pixels of the strip above each panel of `panels`
+
+
+def panels(rows: list[list[tuple[str, np.ndarray]]]) -> np.ndarray:
+  """Titled pictures side by side: each row's panels left to right, rows top to bottom.
+
+  Args:
+    rows: per row, (title, uint8 [H, W, 3] picture) pairs; every picture of the grid has one
+      shape. A row may be shorter than the longest; its missing panels stay black.
+
+  Returns:
+    uint8 [rows * (TITLE_HEIGHT + H), columns * W, 3]: each panel under a black strip that
+    holds its title in white.
+  """
+  shapes = {np.shape(p) for row in rows for _, p in row}
+  if len(shapes) != 1:
+    raise ValueError(f"every panel needs one shape, got {sorted(shapes)}")
+  height, width, _ = shapes.pop()
+  columns = max(len(row) for row in rows)
+  canvas = Image.new("RGB", (columns * width, len(rows) * (TITLE_HEIGHT + height)))
+  font = ImageFont.load_default()
+  for r, row in enumerate(rows):
+    top = r * (TITLE_HEIGHT + height)
+    for c, (title, picture) in enumerate(row):
+      strip = Image.new("RGB", (width, TITLE_HEIGHT))  # a long title is cut at the panel's edge
+      draw = ImageDraw.Draw(strip)
+      left, upper, _, _ = draw.textbbox((0, 0), title, font=font)
+      draw.text((2 - left, 1 - upper), title, fill=(255, 255, 255), font=font)
+      canvas.paste(strip, (c * width, top))
+      canvas.paste(Image.fromarray(np.asarray(picture, np.uint8)), (c * width, top + TITLE_HEIGHT))
+  return np.array(canvas)

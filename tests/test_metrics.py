@@ -272,8 +272,25 @@ def test_equal_iou_goes_to_the_later_ground_truth():
   assert _ap([im])["AP50/person"] == pytest.approx(51 / 101, abs=1e-12)
   # Thresholds 0.5..0.65 match one box (A's tie), 0.7..0.8 one box (B), 0.85..0.95 none.
   assert _ar([im])["AR@1000"] == pytest.approx(7 / 20)
+  assert _ar([im])["AR50@1000"] == pytest.approx(1 / 2)  # IoU 0.5: A matches one box
   coco = _cocoeval(*_independent_coco([im], agnostic=True), **_AR_PARAMS)
   assert _coco_ar(coco) == pytest.approx(7 / 20)
+
+
+def test_ar50_and_ar_by_hand():
+  # Two truths. Proposal 1 covers 62 % of A (IoU 0.62): matched at IoU 0.50, 0.55, 0.60 of the
+  # ten thresholds 0.50:0.05:0.95. Proposal 2 covers 45 % of B (IoU 0.45): never matched.
+  # AR50@1000 = 1/2 (A of A, B at 0.5); AR@1000 = mean over ten thresholds = (3 * 1/2) / 10.
+  im = _one_class_image(
+    [[0, 0, 10, 6.2], [50, 50, 60, 54.5]], [0.9, 0.8],
+    [[0, 0, 10, 10], [50, 50, 60, 60]], [False, False],
+  )  # fmt: skip
+  ranges = {"L2": (0.0, 1e10), "L9": (1e9, 1e10)}  # L9 holds no ground truth: no keys
+  ours = _ar([im], area_ranges=ranges)
+  assert ours == pytest.approx(
+    {"AR@1000": 0.15, "AR50@1000": 0.5, "AR@1000/L2": 0.15, "AR50@1000/L2": 0.5}
+  )
+  assert _ar([im], max_proposals=1)["AR50@1"] == pytest.approx(1 / 2)  # the 0.9 one only
 
 
 def test_no_detections_at_all(detection_images):
@@ -292,8 +309,8 @@ def test_all_padding_inputs():
     "gt_valid": np.zeros(7, bool), "gt_crowd": np.zeros(7, bool),
   }  # fmt: skip
   assert all(np.isnan(v) for v in _ap([im] * 3, area_ranges=_LEVELS).values())
-  assert set(_ar([im] * 3, area_ranges=_LEVELS)) == {"AR@1000"}  # no level keys either
-  assert np.isnan(_ar([im] * 3)["AR@1000"])
+  assert set(_ar([im] * 3, area_ranges=_LEVELS)) == {"AR@1000", "AR50@1000"}  # no level keys
+  assert np.isnan(_ar([im] * 3)["AR@1000"]) and np.isnan(_ar([im] * 3)["AR50@1000"])
   ground_truth, results = _exports([im] * 3)
   assert results == [] and ground_truth["annotations"] == [] and len(ground_truth["images"]) == 3
 
@@ -331,12 +348,16 @@ def test_proposal_recall_equals_pycocotools(proposal_images):
   ranges = {"areaRng": [[0, 1e10], *map(list, _LEVELS.values())], "areaRngLbl": ["all", *_LEVELS]}
   coco = _cocoeval(*_independent_coco(proposal_images, agnostic=True), **{**_AR_PARAMS, **ranges})
   assert ours["AR@1000"] == pytest.approx(_coco_ar(coco), abs=1e-12)
+  # pycocotools' recall at its first threshold, IoU 0.5.
+  assert ours["AR50@1000"] == pytest.approx(coco.eval["recall"][0, 0, 0, 0], abs=1e-12)
   for area, level in enumerate(_LEVELS, start=1):
     if np.isnan(_coco_ar(coco, area)):
-      assert f"AR@1000/{level}" not in ours
+      assert f"AR@1000/{level}" not in ours and f"AR50@1000/{level}" not in ours
     else:
       assert ours[f"AR@1000/{level}"] == pytest.approx(_coco_ar(coco, area), abs=1e-12)
-  assert 0.1 < ours["AR@1000"] < 0.95 and "AR@1000/L9" not in ours
+      recall50 = coco.eval["recall"][0, 0, area, 0]
+      assert ours[f"AR50@1000/{level}"] == pytest.approx(recall50, abs=1e-12)
+  assert 0.1 < ours["AR@1000"] < ours["AR50@1000"] < 1 and "AR@1000/L9" not in ours
   # Truncation matters on this data: a 100-proposal cap gives a lower recall.
   assert _ar(proposal_images, max_proposals=100)["AR@100"] < ours["AR@1000"]
 
@@ -386,7 +407,10 @@ def test_levels_score_like_pycocotools_by_hand():
   assert np.isnan(_coco_ap50(coco, area=4)[1])
   recall = _ar([im], area_ranges=ranges)
   assert recall["AR@1000/L3"] == recall["AR@1000/L4"] == pytest.approx(1.0)
-  assert {k for k in recall if "/L" in k} == {"AR@1000/L3", "AR@1000/L4"}
+  assert recall["AR50@1000/L3"] == recall["AR50@1000/L4"] == pytest.approx(1.0)
+  assert {k for k in recall if "/L" in k} == {
+    "AR@1000/L3", "AR@1000/L4", "AR50@1000/L3", "AR50@1000/L4"
+  }  # fmt: skip
 
 
 def test_confusion_matrix_hand_computed():

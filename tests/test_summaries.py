@@ -2,6 +2,7 @@
 padding rows, labels; and semantic_overlay / denormalize on hand-computed pixels."""
 
 import numpy as np
+import pytest
 
 from segrpn_jax import summaries
 from segrpn_jax.datasets import labels
@@ -73,3 +74,33 @@ def test_semantic_overlay_and_denormalize_by_hand():
   rgb = np.array([[[0, 128, 255]]], np.uint8)
   normalised = (rgb / 255.0 - PIXEL_MEAN) / PIXEL_STD
   np.testing.assert_array_equal(summaries.denormalize(normalised), rgb)
+
+
+def test_ground_truth_boxes_carry_the_class_name_alone():
+  image = _plain()
+  box, cls = np.array([[40.0, 50.0, 100.0, 110.0]]), np.array([1])
+  named = summaries.draw_detections(image, box, None, cls, [True])
+  scored = summaries.draw_detections(image, box, np.array([0.87]), cls, [True])
+  np.testing.assert_array_equal(named[80, 40], _colour(1))  # the same outline
+  band = lambda out: (out[30:49, 40:160] != GREY).any(axis=(0, 2))  # label columns
+  assert 0 < band(named).sum() < band(scored).sum()  # "person" is shorter than "person 0.87"
+
+
+def test_panels_place_titled_pictures_on_a_grid():
+  red, blue = np.zeros((10, 30, 3), np.uint8), np.zeros((10, 30, 3), np.uint8)
+  red[..., 0], blue[..., 2] = 200, 200
+  grid = summaries.panels([[("a", red), ("b", blue)], [("long title, cut at the edge", blue)]])
+  t = summaries.TITLE_HEIGHT
+  assert grid.shape == (2 * (t + 10), 60, 3)
+  np.testing.assert_array_equal(grid[t : t + 10, :30], red)
+  np.testing.assert_array_equal(grid[t : t + 10, 30:], blue)
+  np.testing.assert_array_equal(grid[2 * t + 10 :, :30], blue)
+  np.testing.assert_array_equal(grid[t + 10 :, 30:], 0)  # the second row's missing panel
+  title = grid[:t, :30]
+  assert title.max() > 200 and title.min() == 0  # white (antialiased) title on black
+  assert (title == title[..., :1]).all()  # grey levels only
+  long_title = grid[t + 10 : 2 * t + 10]
+  assert long_title[:, 25:30].max() > 100  # runs to its panel's edge ...
+  np.testing.assert_array_equal(long_title[:, 30:], 0)  # ... and not into the next strip
+  with pytest.raises(ValueError, match="one shape"):
+    summaries.panels([[("a", red), ("b", np.zeros((5, 5, 3), np.uint8))]])
