@@ -1,59 +1,63 @@
 """Reproduces the paper's Table I or II: trains every run it needs, then writes the table.
 
-  python -m segrpn_jax.paper.reproduce --table 1 --root runs/table1 [--synthetic] [--rows NAME ...]
-                              [--dry-run | --collect]
+  python -m segrpn_jax.paper.reproduce --table=1 --root=runs/table1 [--synthetic]
+      [--rows=NAME,...] [--seeds=N] [--tokens=TOKEN,...] [--dry_run | --collect]
 
-Each training gets its own workdir, ROOT/<name> (names: `--dry-run` lists them), and runs as
-`python -m segrpn_jax.main --config=configs/X.py:TOKENS --workdir=ROOT/<name>`, one after the
-other. A finished run (its final metrics_<num_steps>.json exists) is skipped; a killed one resumes
-from its checkpoints, so rerunning the same command continues the sweep. The "w/o ... during
-inference" rows are read from the same runs. Then ROOT/table<N>.md and ROOT/table<N>.csv are
-written, with the paper's numbers beside ours where they are known, and the table is printed.
+Each training gets its own workdir: seed 0 in ROOT/<name>, seed K in ROOT/<name>-seed<K> (names:
+`--dry_run` lists them). It runs as `python -m segrpn_jax.main
+--config=segrpn_jax/configs/X.py:TOKENS --workdir=... --config.seed=K`, one after the other, all
+seed-0 runs first; a progress bar counts the trainings. A finished run (its final
+metrics_<num_steps>.json exists) is skipped; a killed one resumes from its checkpoints, so
+rerunning the same command continues the sweep. The "w/o ... during inference" rows are read
+from the same runs. Then ROOT/table<N>.md (ours as mean ± sample std over the seeds, every
+paper value beside it, the changes against the baseline), ROOT/table<N>.csv (every seed's
+values) and ROOT/table<N>_changes.png (the changes, ours with error bars, the paper's as
+markers) are written, and the table is printed.
 
-  --synthetic  the CPU quick-start configs (token `synthetic`): synthetic data, small model.
-  --rows       only these trainings (e.g. --rows baseline segrpn-roi).
-  --dry-run    print each training's command and stop.
-  --collect    only build the table from what has finished; unfinished rows say "missing".
-
-Run from the repository root, like the main job.
+Run from the repository root (the commands name the configs relative to it) or anywhere with an
+installed package (absolute paths).
 """
 
-import argparse
 import shlex
-import sys
 
+from absl import flags
+
+from segrpn_jax import errors
 from segrpn_jax.paper import tables
 
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("table", None, "The paper's table: 1 or 2.")
+flags.DEFINE_string("root", None, "Folder holding one workdir per training and seed.")
+flags.DEFINE_bool("synthetic", False, "Append the `synthetic` config token: the CPU quick start.")
+flags.DEFINE_list("rows", [], "Only these trainings, e.g. --rows=baseline,segrpn-roi.")
+flags.DEFINE_integer("seeds", 1, "Trainings per row, config.seed 0..N-1.")
+flags.DEFINE_list(
+  "tokens", [], "Config tokens appended to every training, e.g. a dataset variant's token."
+)
+flags.DEFINE_bool("dry_run", False, "Print one command per training and exit.")
+flags.DEFINE_bool("collect", False, "Only build the table from what has finished.")
+flags.mark_flags_as_required(["table", "root"])
 
-def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--table", type=int, choices=sorted(tables.TABLES), required=True)
-  parser.add_argument("--root", required=True, help="folder holding one workdir per training")
-  parser.add_argument("--synthetic", action="store_true", help="append the synthetic token")
-  parser.add_argument("--rows", nargs="+", metavar="NAME", help="only these trainings")
-  mode = parser.add_mutually_exclusive_group()
-  mode.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-  mode.add_argument("--collect", action="store_true", help="only collect finished runs")
-  args = parser.parse_args(argv)
-  try:
-    todo = tables.trainings(args.table, args.rows)
-  except ValueError as e:
-    parser.error(str(e))
-  if args.dry_run:
-    for training in todo:
-      done = tables.is_finished(training, args.root, args.synthetic)
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise errors.UserError(f"unexpected arguments {argv[1:]}; every option is a --flag=value.")
+  if FLAGS.dry_run and FLAGS.collect:
+    raise errors.UserError("--dry_run and --collect exclude each other; give one of them.")
+  table, root, synthetic = FLAGS.table, errors.expand_path(FLAGS.root), FLAGS.synthetic
+  names, seeds, tokens = FLAGS.rows or None, FLAGS.seeds, tuple(FLAGS.tokens)
+  todo = tables.schedule(table, seeds, names)
+  if FLAGS.dry_run:
+    for training, seed in todo:
+      done = tables.is_finished(training, root, synthetic, seed, tokens)
       prefix = "# finished, would be skipped: " if done else ""
-      print(prefix + shlex.join(tables.command(training, args.root, args.synthetic)))
+      print(prefix + shlex.join(tables.command(training, root, synthetic, seed, tokens)))
     return 0
-  if not args.collect:
-    try:
-      tables.run_trainings(args.table, args.root, args.synthetic, args.rows)
-    except RuntimeError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 1
-  print(tables.write_table(args.table, args.root, args.synthetic, args.rows), end="")
+  if not FLAGS.collect:
+    tables.run_trainings(table, root, synthetic, names, seeds, tokens)
+  print(tables.write_table(table, root, synthetic, names, seeds, tokens), end="")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  errors.app_run(main)

@@ -1,13 +1,18 @@
-"""The paper's Tables I and II: which trainings they need, and their rows from the runs' metrics.
+"""The paper's Tables I and II: which trainings they need, every published value, and our rows
+from the runs' metrics, over one or more seeds.
 
-One training per workdir, `ROOT/<training name>`; every row of a table reads one training's final
-`metrics_<num_steps>.json`. The "w/o ... during inference" rows need no training of their own:
-they are the same run scored with part of its fusion switched off, the per-fusion keys
-`inference/<fusion>/mAP50` and `inference/<fusion>/AR@1000` of its metrics. mIoU and mIoU* come
-from the segmentation branch, which no RPN fusion touches, so every row of a training shows the
-same two numbers.
+One training per workdir: seed 0 in `ROOT/<training name>`, seed K > 0 in
+`ROOT/<training name>-seed<K>` (trained with `--config.seed=K`). Every row of a table reads each
+seed's final `metrics_<num_steps>.json`. The "w/o ... during inference" rows need no training of
+their own: they are the same runs scored with part of their fusion switched off, the per-fusion
+keys `inference/<fusion>/...` of the metrics. mIoU and mIoU* come from the segmentation branch,
+which no RPN fusion touches, so every row of a training shows the same two numbers.
 
-Only the paper numbers known for sure are printed beside ours; every other paper cell is "n/a".
+Every paper cell of both tables is typed here from the paper (Cityscapes val, percent), beside
+ours. Ours are the mean ± sample standard deviation over the finished seeds. The paper's
+"Prop. AR at 1000" does not say over which IoUs it averages; it sits beside our AR50@1000 (see
+`AR_NOTE`), with COCO's AR@1000 (IoU 0.50:0.95) shown too. Each row also shows its change against
+the Baseline row, ours and the paper's, and `plot_changes` draws those changes.
 `segrpn_jax.paper.reproduce` is the command line around these functions.
 """
 
@@ -23,36 +28,70 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import numpy as np
 import tqdm
+from matplotlib.figure import Figure
 
-from segrpn_jax import configs
+from segrpn_jax import configs, errors
 
-COLUMNS = ("mIoU", "mIoU*", "mAP", "AR")  # shown as percentages
+# Our columns (percent) and the metrics key each reads.
+COLUMNS = ("mIoU", "mIoU*", "mAP", "AR50", "AR")
+_KEYS = {"mIoU": "mIoU", "mIoU*": "mIoU*", "mAP": "mAP50", "AR50": "AR50@1000", "AR": "AR@1000"}
+DETECTION = ("mAP", "AR50", "AR")  # the columns that depend on the inference fusion
+DELTAS = ("mAP", "AR50", "AR")  # our columns with a change vs the baseline
+PAPER_DELTAS = ("mAP", "AR")  # the paper's columns with a change vs its baseline
+# The paper's AR column sits beside this one of ours (AR_NOTE says why).
+PAPER_AR_BESIDE = "AR50"
+
 NOT_REPORTED = "-"  # a finished run without this metric (mIoU*: the baseline has no binary map)
-MISSING = "missing"  # the training has not finished (no final metrics file)
-UNKNOWN = "n/a"  # the paper value of this cell is not known here
+MISSING = "missing"  # no seed of the training has finished (no final metrics file)
+PAPER_NA = "NA"  # the paper prints "NA" (Table I, the baseline's mIoU*)
+
+AR_NOTE = (
+  'The paper\'s "Prop. AR" (proposal average recall at 1000 proposals per image) sits beside our '
+  "AR50@1000, the class-agnostic recall of 1000 proposals at IoU 0.5: the paper does not say over "
+  "which IoUs it averages, and its values (78.86 to 83.34 on Cityscapes val, 79.58 for the "
+  "baseline) read like recall at IoU 0.5 more than like COCO's average over IoU 0.50:0.05:0.95, "
+  "which also asks for tight boxes. This reading is our choice; AR = AR@1000 (IoU 0.50:0.95, "
+  "COCO's AR) is shown as well."
+)
+CASE1_NOTE = (
+  "The paper lists nine labels for case 1 but eight rows of values: the label "
+  '"Baseline + ROI_1 + RPN_1 (w/o RPN_1 during inference)" appears twice. The eight rows of '
+  "values belong to the first eight labels, in order; the repeated ninth label, without values, "
+  "is left out."
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Training:
-  """One training run of the sweep.
+  """One training run of the sweep (seed 0; `workdir` names the others).
 
   Attributes:
     name: its workdir under the sweep root, and its name for --rows.
-    config_file: the config module in configs/, e.g. 'segrpn.py'.
-    fusion: its training (and default inference) fusion; '' for a config without tokens.
+    config_file: the config module in segrpn_jax/configs/, e.g. 'segrpn.py'.
+    fusion: its training (and default inference) fusion; 'none' for the baseline.
   """
 
   name: str
   config_file: str
   fusion: str
 
-  def config_arg(self, synthetic: bool = False) -> str:
-    """The `--config` value relative to the configs folder: FILE[:TOKENS]."""
-    tokens = [] if self.fusion == "none" else [self.fusion]
-    if synthetic:
-      tokens.append("synthetic")
-    return self.config_file + (":" + ",".join(tokens) if tokens else "")
+  def config_arg(self, synthetic: bool = False, tokens: tuple[str, ...] = ()) -> str:
+    """The `--config` value relative to the configs folder: FILE[:TOKENS].
+
+    Args:
+      synthetic: append the `synthetic` token.
+      tokens: further config tokens, appended after the fusion and `synthetic`.
+    """
+    parts = [] if self.fusion == "none" else [self.fusion]
+    parts += ["synthetic"] if synthetic else []
+    parts += [t for t in tokens if t]
+    return self.config_file + (":" + ",".join(parts) if parts else "")
+
+  def workdir(self, root: str, seed: int = 0) -> str:
+    """root/<name> for seed 0, root/<name>-seed<K> for seed K."""
+    return os.path.join(root, self.name if seed == 0 else f"{self.name}-seed{seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,18 +102,18 @@ class Row:
     label: the row's name, the paper's wording.
     training: the Training.name it reads.
     fusion: the inference fusion whose detection metrics it shows.
-    paper: the paper's value per column (percent) where it is known.
+    paper: the paper's value per paper column (percent); None where the paper prints "NA".
   """
 
   label: str
   training: str
   fusion: str
-  paper: dict = dataclasses.field(default_factory=dict)
+  paper: dict
 
 
 _ROMAN = {1: "I", 2: "II"}
-_BASELINE_PAPER = {"mIoU": 67.34, "mAP": 50.38, "AR": 79.58}
-_NAMES = {"roi": "ROI", "rpn": "RPN", "roi+rpn": "ROI+RPN"}
+# The paper's columns of each table, in its order ("AR" is its "Prop. AR").
+PAPER_COLUMNS = {1: ("mIoU", "mIoU*", "mAP", "AR"), 2: ("mIoU", "mAP", "AR")}
 
 TRAININGS = {
   t.name: t
@@ -82,53 +121,67 @@ TRAININGS = {
     Training("baseline", "baseline.py", "none"),
     Training("segrpn-roi", "segrpn.py", "roi"),
     Training("segrpn-rpn", "segrpn.py", "rpn"),
+    Training("case1-roi", "case1.py", "roi"),
+    Training("case1-rpn", "case1.py", "rpn"),
+    Training("case1-roi+rpn", "case1.py", "roi+rpn"),
     *(
       Training(f"{case}-{fusion}", f"{case}.py", fusion)
-      for case in ("case1", "case2", "case3")
-      for fusion in ("roi", "rpn", "roi+rpn")
+      for case in ("case2", "case3")
+      for fusion in ("roi", "rpn")
     ),
   ]
 }
 
 
-def _fusion_rows(prefix: str, training: str, fusion: str, paper: dict | None = None) -> list[Row]:
-  """A fusion training's row and its "w/o ... during inference" rows (one per fusion part)."""
-  rows = [Row(f"{prefix} +{_NAMES[fusion]}", training, fusion, paper or {})]
-  if fusion == "roi+rpn":
-    without = [("ROI", "rpn"), ("RPN", "roi"), ("ROI+RPN", "none")]
-  else:
-    without = [(_NAMES[fusion], "none")]
-  rows += [Row(f"{prefix} +{_NAMES[fusion]}, w/o {part} during inference", training, inference)
-           for part, inference in without]  # fmt: skip
-  return rows
+def _rows(table: int, typed: list[tuple]) -> list[Row]:
+  """Rows from (label, training, inference fusion, *paper values in PAPER_COLUMNS order)."""
+  return [
+    Row(label, training, fusion, dict(zip(PAPER_COLUMNS[table], values, strict=True)))
+    for label, training, fusion, *values in typed
+  ]
 
 
+# Table I of the paper: mIoU, mIoU*, mAP, Prop. AR (None: "NA" in the paper).
 TABLES = {
-  1: [
-    Row("Baseline", "baseline", "none", _BASELINE_PAPER),
-    *_fusion_rows("SegRPN", "segrpn-roi", "roi", {"mAP": 51.87}),
-    *_fusion_rows("SegRPN", "segrpn-rpn", "rpn"),
-  ],
-  2: [
-    Row("Baseline", "baseline", "none", _BASELINE_PAPER),
-    *(
-      row
-      for case in ("case1", "case2", "case3")
-      for fusion in ("roi", "rpn", "roi+rpn")
-      for row in _fusion_rows(
-        f"Case {case[-1]}",
-        f"{case}-{fusion}",
-        fusion,
-        {"mIoU": 68.52} if (case, fusion) == ("case1", "rpn") else None,
-      )
-    ),
-  ],
-}
+  1: _rows(1, [
+    ("Baseline", "baseline", "none", 67.34, None, 50.38, 79.58),
+    ("Baseline + ROI", "segrpn-roi", "roi", 67.80, 94.41, 51.87, 80.22),
+    ("Baseline + ROI (w/o ROI during inference)", "segrpn-roi", "none",
+     67.80, 94.41, 51.65, 79.77),
+    ("Baseline + RPN", "segrpn-rpn", "rpn", 67.95, 94.40, 51.45, 80.40),
+    ("Baseline + RPN (w/o RPN during inference)", "segrpn-rpn", "none",
+     67.95, 94.40, 50.85, 79.40),
+  ]),
+  # Table II of the paper: mIoU, mAP, Prop. AR; subscripts written as _k.
+  2: _rows(2, [
+    ("Baseline", "baseline", "none", 67.34, 50.38, 79.58),
+    ("Baseline + ROI_1", "case1-roi", "roi", 67.89, 51.42, 80.56),
+    ("Baseline + ROI_1 (w/o ROI_1 during inference)", "case1-roi", "none", 67.89, 51.25, 79.95),
+    ("Baseline + RPN_1", "case1-rpn", "rpn", 68.52, 51.57, 82.59),
+    ("Baseline + RPN_1 (w/o RPN_1 during inference)", "case1-rpn", "none", 67.95, 50.84, 78.86),
+    ("Baseline + ROI_1 + RPN_1", "case1-roi+rpn", "roi+rpn", 68.18, 51.40, 83.34),
+    ("Baseline + ROI_1 + RPN_1 (w/o ROI_1 and RPN_1 during inference)", "case1-roi+rpn", "none",
+     68.18, 49.93, 79.02),
+    ("Baseline + ROI_1 + RPN_1 (w/o ROI_1 during inference)", "case1-roi+rpn", "rpn",
+     68.18, 51.20, 82.72),
+    ("Baseline + ROI_1 + RPN_1 (w/o RPN_1 during inference)", "case1-roi+rpn", "roi",
+     68.18, 50.30, 79.90),
+    ("Baseline + ROI_2", "case2-roi", "roi", 68.33, 51.50, 80.70),
+    ("Baseline + ROI_2 (w/o ROI_2 during inference)", "case2-roi", "none", 68.33, 51.28, 79.84),
+    ("Baseline + RPN_2", "case2-rpn", "rpn", 68.23, 51.71, 82.54),
+    ("Baseline + RPN_2 (w/o RPN_2 during inference)", "case2-rpn", "none", 68.23, 50.17, 79.84),
+    ("Baseline + ROI_3", "case3-roi", "roi", 68.24, 51.21, 80.55),
+    ("Baseline + ROI_3 (w/o ROI_3 during inference)", "case3-roi", "none", 68.24, 51.13, 80.29),
+    ("Baseline + RPN_3", "case3-rpn", "rpn", 68.43, 51.56, 82.84),
+    ("Baseline + RPN_3 (w/o RPN_3 during inference)", "case3-rpn", "none", 68.43, 50.43, 79.64),
+  ]),
+}  # fmt: skip
+BASELINE = "baseline"  # the training of both tables' first row, the reference of the changes
 
 
 def _check_table(table: int) -> None:
   if table not in TABLES:
-    raise ValueError(f"table {table!r} is not one of the paper's tables; use --table 1 or 2.")
+    raise errors.UserError(f"--table={table!r} is not one of the paper's tables; use 1 or 2.")
 
 
 def trainings(table: int, names: list[str] | None = None) -> list[Training]:
@@ -140,15 +193,18 @@ def trainings(table: int, names: list[str] | None = None) -> list[Training]:
 
   Returns:
     The Training of every distinct run the table's (kept) rows read.
+
+  Raises:
+    UserError: a name that is not a training of the table.
   """
   _check_table(table)
   needed = list(dict.fromkeys(row.training for row in TABLES[table]))
   if names:
     unknown = sorted(set(names) - set(needed))
     if unknown:
-      raise ValueError(
-        f"--rows {' '.join(unknown)}: not a training of Table {table}; "
-        f"use some of {' '.join(needed)}."
+      raise errors.UserError(
+        f"--rows={','.join(unknown)}: not a training of Table {table}; "
+        f"use some of {','.join(needed)}."
       )
     needed = [n for n in needed if n in names]
   return [TRAININGS[n] for n in needed]
@@ -162,48 +218,81 @@ def _configs_dir() -> str:
   return path if relative.startswith("..") else relative
 
 
-def command(training: Training, root: str, synthetic: bool = False) -> list[str]:
+def command(
+  training: Training,
+  root: str,
+  synthetic: bool = False,
+  seed: int = 0,
+  tokens: tuple[str, ...] = (),
+) -> list[str]:
   """The command line that trains (or resumes) one run.
 
   Args:
     training: the run.
-    root: the sweep root; the run's workdir is root/<training.name>.
+    root: the sweep root.
     synthetic: append the `synthetic` config token (the CPU quick start).
+    seed: config.seed, and the workdir (`Training.workdir`).
+    tokens: further config tokens for every run (e.g. a dataset variant).
 
   Returns:
     argv, starting with 'python' (the caller runs it with its own interpreter).
   """
-  config = os.path.join(_configs_dir(), training.config_arg(synthetic))
+  config = os.path.join(_configs_dir(), training.config_arg(synthetic, tokens))
   return [
     "python",
     "-m",
     "segrpn_jax.main",
     f"--config={config}",
-    f"--workdir={os.path.join(root, training.name)}",
+    f"--workdir={training.workdir(root, seed)}",
+    f"--config.seed={seed}",
   ]
 
 
-def num_steps(training: Training, root: str, synthetic: bool = False) -> int:
+def num_steps(
+  training: Training, root: str, synthetic: bool = False, seed: int = 0, tokens=()
+) -> int:
   """The step a finished run ends at: from its workdir's config.json once training has started
-  (so that command-line overrides count), else from the config file."""
-  config_json = os.path.join(root, training.name, "config.json")
+  (so that command-line overrides count), else from the config file with the same tokens."""
+  config_json = os.path.join(training.workdir(root, seed), "config.json")
   if os.path.exists(config_json):
     with open(config_json) as f:
       return int(json.load(f)["train"]["num_steps"])
   module = importlib.import_module(f"segrpn_jax.configs.{training.config_file.removesuffix('.py')}")
-  arg = training.config_arg(synthetic).partition(":")[2] or None
-  return int(module.get_config(arg).train.num_steps)
+  arg = training.config_arg(synthetic, tokens).partition(":")[2] or None
+  try:
+    config = module.get_config(arg)
+  except ValueError as e:
+    raise errors.ConfigError(
+      f"{e} (the config of training {training.name}, {training.config_arg(synthetic, tokens)}); "
+      "check --tokens."
+    ) from e
+  return int(config.train.num_steps)
 
 
-def final_metrics_path(training: Training, root: str, synthetic: bool = False) -> str:
-  """root/<name>/metrics_<num_steps>.json: it exists once the run has finished."""
-  step = num_steps(training, root, synthetic)
-  return os.path.join(root, training.name, f"metrics_{step}.json")
+def final_metrics_path(
+  training: Training, root: str, synthetic: bool = False, seed: int = 0, tokens=()
+) -> str:
+  """<workdir>/metrics_<num_steps>.json: it exists once the run has finished."""
+  step = num_steps(training, root, synthetic, seed, tokens)
+  return os.path.join(training.workdir(root, seed), f"metrics_{step}.json")
 
 
-def is_finished(training: Training, root: str, synthetic: bool = False) -> bool:
+def is_finished(
+  training: Training, root: str, synthetic: bool = False, seed: int = 0, tokens=()
+) -> bool:
   """Whether the run's final metrics file exists."""
-  return os.path.exists(final_metrics_path(training, root, synthetic))
+  if not os.path.isdir(training.workdir(root, seed)):
+    return False
+  return os.path.exists(final_metrics_path(training, root, synthetic, seed, tokens))
+
+
+def schedule(table: int, seeds: int = 1, names: list[str] | None = None):
+  """Every (training, seed) of a sweep, seed by seed: all seed-0 runs first, so that a table of
+  one seed exists early."""
+  if seeds < 1:
+    raise errors.UserError(f"--seeds={seeds}: a sweep needs at least 1 seed.")
+  todo = trainings(table, names)
+  return [(training, seed) for seed in range(seeds) for training in todo]
 
 
 def run_trainings(
@@ -211,61 +300,64 @@ def run_trainings(
   root: str,
   synthetic: bool = False,
   names: list[str] | None = None,
+  seeds: int = 1,
+  tokens: tuple[str, ...] = (),
   run: Callable = subprocess.run,
 ) -> list[str]:
   """Trains a table's runs one after the other, each as `python -m segrpn_jax.main` in its own
   process; a finished run is skipped, a killed one resumes from its checkpoints (main does that).
 
-  Each run's output goes to root/<name>/train.log, so the progress bar stays readable.
+  Each run's output goes to <workdir>/train.log; a progress bar counts the trainings (done /
+  total, elapsed, ETA).
 
   Args:
     table: 1 or 2.
     root: the sweep root.
     synthetic: append the `synthetic` config token.
     names: training names (--rows); None = all.
+    seeds: runs per training, config.seed 0..seeds-1.
+    tokens: further config tokens for every run.
     run: runs one argv (subprocess.run's signature; replaced in tests).
 
   Returns:
-    The names of the trainings that were run (not skipped).
+    The workdir names (relative to root) of the trainings that were run (not skipped).
 
   Raises:
-    RuntimeError: when a training exits with an error, naming it and its log.
+    TrainingError: when a training exits with an error, naming it and its log.
   """
+  todo = schedule(table, seeds, names)
+  finished = [is_finished(t, root, synthetic, s, tokens) for t, s in todo]
   ran = []
-  todo = trainings(table, names)
-  for training in tqdm.tqdm(todo, desc=f"Table {_ROMAN[table]}", unit="run"):
-    if is_finished(training, root, synthetic):
-      tqdm.tqdm.write(f"{training.name}: finished, skipped")
-      continue
-    argv = command(training, root, synthetic)
-    tqdm.tqdm.write(f"{training.name}: {shlex.join(argv)}")
-    workdir = os.path.join(root, training.name)
-    os.makedirs(workdir, exist_ok=True)
-    log = os.path.join(workdir, "train.log")
-    with open(log, "a") as f:
-      result = run([sys.executable, *argv[1:]], stdout=f, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-      raise RuntimeError(
-        f"training {training.name} failed (exit code {result.returncode}); see {log}. Fix the "
-        "cause and rerun the same command: finished runs are skipped, this one resumes."
-      )
-    ran.append(training.name)
+  with tqdm.tqdm(
+    total=len(todo), initial=sum(finished), desc=f"Table {_ROMAN[table]}", unit="run"
+  ) as bar:
+    for (training, seed), done in zip(todo, finished, strict=True):
+      workdir = training.workdir(root, seed)
+      name = os.path.basename(workdir)
+      if done:
+        tqdm.tqdm.write(f"{name}: finished, skipped")
+        continue
+      argv = command(training, root, synthetic, seed, tokens)
+      tqdm.tqdm.write(f"{name}: {shlex.join(argv)}")
+      os.makedirs(workdir, exist_ok=True)
+      log = os.path.join(workdir, "train.log")
+      with open(log, "a") as f:
+        result = run([sys.executable, *argv[1:]], stdout=f, stderr=subprocess.STDOUT, check=False)
+      if result.returncode != 0:
+        raise errors.TrainingError(
+          f"training {name} failed (exit code {result.returncode}); see {log}. Fix the cause "
+          "and rerun the same command: finished runs are skipped, this one resumes."
+        )
+      ran.append(name)
+      bar.update(1)
   return ran
 
 
-def _metric_keys(column: str, fusion: str) -> list[str]:
-  """The metrics keys a column reads, in order of preference."""
-  if column in ("mIoU", "mIoU*"):
-    return [column]
-  key = {"mAP": "mAP50", "AR": "AR@1000"}[column]
-  return [f"inference/{fusion}/{key}"]
-
-
 def row_values(row: Row, metrics: dict, training: Training) -> dict:
-  """Our percentages of one row from its training's final metrics.
+  """Our percentages of one row from one run's final metrics.
 
-  The row of the training's own fusion may fall back to the top-level mAP50 / AR@1000 (the
-  numbers of the run's inference fusion) when the per-fusion key is absent.
+  The row of the training's own fusion may fall back to the unprefixed keys (the numbers of the
+  run's inference fusion) when the per-fusion key is absent.
 
   Args:
     row: the row.
@@ -277,16 +369,47 @@ def row_values(row: Row, metrics: dict, training: Training) -> dict:
   """
   values = {}
   for column in COLUMNS:
-    keys = _metric_keys(column, row.fusion)
-    if column in ("mAP", "AR") and row.fusion == training.fusion:
-      keys.append({"mAP": "mAP50", "AR": "AR@1000"}[column])
+    key = _KEYS[column]
+    keys = [key]
+    if column in DETECTION:
+      keys = [f"inference/{row.fusion}/{key}"] + ([key] if row.fusion == training.fusion else [])
     found = next((metrics[k] for k in keys if k in metrics), None)
     values[column] = None if found is None else 100.0 * float(found)
   return values
 
 
+def _finished_seeds(training: Training, root: str, synthetic, seeds: int, tokens) -> dict:
+  """seed -> final metrics of every finished seed in 0..seeds-1 and any further one on disk."""
+  on_disk = set()
+  if os.path.isdir(root):
+    prefix = f"{training.name}-seed"
+    for entry in os.listdir(root):
+      if entry.startswith(prefix) and entry[len(prefix) :].isdigit():
+        on_disk.add(int(entry[len(prefix) :]))
+  out = {}
+  for seed in sorted(set(range(seeds)) | on_disk):
+    if is_finished(training, root, synthetic, seed, tokens):
+      with open(final_metrics_path(training, root, synthetic, seed, tokens)) as f:
+        out[seed] = json.load(f)
+  return out
+
+
+def _stats(values: list) -> tuple:
+  """(mean, sample std, n) of per-seed percentages; mean None when a seed lacks the metric,
+  std nan with one seed."""
+  if not values or any(v is None for v in values):
+    return None, math.nan, len(values)
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+  return float(np.mean(values)), std, len(values)
+
+
 def collect(
-  table: int, root: str, synthetic: bool = False, names: list[str] | None = None
+  table: int,
+  root: str,
+  synthetic: bool = False,
+  names: list[str] | None = None,
+  seeds: int = 1,
+  tokens: tuple[str, ...] = (),
 ) -> list[dict]:
   """Every row of a table (restricted to the trainings `names`) from what has finished.
 
@@ -295,61 +418,111 @@ def collect(
     root: the sweep root.
     synthetic: whether the runs are the synthetic quick-start configs (their num_steps).
     names: training names (--rows); None = all.
+    seeds: the seeds asked for (further finished seeds on disk count too).
+    tokens: the runs' further config tokens (their num_steps).
 
   Returns:
-    One dict per row: label, training, fusion, status ('ok' or MISSING), ours (column -> percent
-    or None; empty when missing) and paper (column -> percent or None).
+    One dict per row: label, training, fusion, status ('ok' once a seed has finished, else
+    MISSING), seeds (seed -> column -> percent or None), n (finished seeds), wanted (seeds
+    asked for), mean / std (column -> percent), delta (column -> our mean minus the baseline
+    row's mean, DELTAS), delta_se (its standard error, sqrt(s_row^2 / n_row + s_base^2 /
+    n_base): nan with one seed on either side), paper (paper column -> percent or None for
+    "NA") and paper_delta (PAPER_DELTAS -> the paper's row minus its baseline).
   """
   kept = {t.name: t for t in trainings(table, names)}
-  metrics_of = {}
-  for name, training in kept.items():
-    path = final_metrics_path(training, root, synthetic)
-    if os.path.exists(path):
-      with open(path) as f:
-        metrics_of[name] = json.load(f)
+  needed = {**kept, BASELINE: TRAININGS[BASELINE]}  # the changes need the baseline
+  runs = {name: _finished_seeds(t, root, synthetic, seeds, tokens) for name, t in needed.items()}
   out = []
-  for row in TABLES[table]:
-    if row.training not in kept:
+  for row in TABLES[table]:  # the Baseline row first
+    if row.training not in needed:
       continue
-    finished = row.training in metrics_of
-    out.append(
-      {
-        "label": row.label,
-        "training": row.training,
-        "fusion": row.fusion,
-        "status": "ok" if finished else MISSING,
-        "ours": row_values(row, metrics_of[row.training], kept[row.training]) if finished else {},
-        "paper": {c: row.paper.get(c) for c in COLUMNS},
-      }
-    )
-  return out
+    per_seed = {
+      seed: row_values(row, metrics, TRAININGS[row.training])
+      for seed, metrics in runs[row.training].items()
+    }
+    stats = {c: _stats([v[c] for v in per_seed.values()]) for c in COLUMNS}
+    out.append({
+      "label": row.label, "training": row.training, "fusion": row.fusion,
+      "status": "ok" if per_seed else MISSING, "seeds": per_seed, "n": len(per_seed),
+      "wanted": seeds, "mean": {c: s[0] for c, s in stats.items()},
+      "std": {c: s[1] for c, s in stats.items()}, "paper": dict(row.paper),
+    })  # fmt: skip
+  base = out[0]
+  for r in out:
+    r["delta"], r["delta_se"] = {}, {}
+    for c in DELTAS:
+      ours, ref = r["mean"][c], base["mean"][c]
+      r["delta"][c] = None if ours is None or ref is None else ours - ref
+      se = math.sqrt(r["std"][c] ** 2 / max(r["n"], 1) + base["std"][c] ** 2 / max(base["n"], 1))
+      r["delta_se"][c] = se
+    r["paper_delta"] = {c: r["paper"][c] - base["paper"][c] for c in PAPER_DELTAS}
+  return [r for r in out if r["training"] in kept]
+
+
+def _number(value, signed: bool = False) -> str:
+  if value is None:
+    return NOT_REPORTED
+  if math.isnan(value):
+    return "nan"
+  return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 def _ours(row: dict, column: str) -> str:
+  """Our cell: mean ± sample std (several seeds) or the one seed's value."""
   if row["status"] != "ok":
     return MISSING
-  value = row["ours"][column]
-  if value is None:
-    return NOT_REPORTED
-  return "nan" if math.isnan(value) else f"{value:.2f}"
+  mean, std = row["mean"][column], row["std"][column]
+  if mean is None or math.isnan(std):
+    return _number(mean)
+  return f"{mean:.2f} ± {std:.2f}"
 
 
-def _paper(row: dict, column: str) -> str:
-  value = row["paper"][column]
-  return UNKNOWN if value is None else f"{value:.2f}"
+def _delta(row: dict, column: str) -> str:
+  if row["status"] != "ok":
+    return MISSING
+  return _number(row["delta"][column], signed=True)
+
+
+def _paper(value) -> str:
+  return PAPER_NA if value is None else f"{value:.2f}"
+
+
+def _n(row: dict) -> str:
+  return str(row["n"]) if row["n"] >= row["wanted"] else f"{row['n']}/{row['wanted']}"
+
+
+def _layout(table: int) -> list[tuple[str, Callable[[dict], str]]]:
+  """The markdown table's columns, (header, cell of a row): each of ours, then the paper's
+  beside it where the paper has that column (its Prop. AR beside our AR50); then the changes
+  against the baseline likewise."""
+  paper = PAPER_COLUMNS[table]
+  beside = {PAPER_AR_BESIDE: "AR", **{c: c for c in paper if c != "AR"}}
+  columns = []
+  for c in COLUMNS:
+    columns.append((c, lambda r, c=c: _ours(r, c)))
+    if c in beside:
+      columns.append((f"paper {beside[c]}", lambda r, p=beside[c]: _paper(r["paper"][p])))
+  for c in DELTAS:
+    columns.append((f"Δ{c}", lambda r, c=c: _delta(r, c)))
+    if beside.get(c) in PAPER_DELTAS:
+      p = beside[c]
+      columns.append((f"paper Δ{p}", lambda r, p=p: _number(r["paper_delta"][p], signed=True)))
+  return columns
 
 
 def to_markdown(rows: list[dict], table: int) -> str:
-  """The table as markdown: our percentages, then the paper's, per row.
+  """The table as markdown: per row ours (mean ± std over n seeds) with the paper's value
+  beside each, then the changes against the baseline, ours and the paper's.
 
   Args:
     rows: `collect`'s output.
-    table: 1 or 2 (for the title).
+    table: 1 or 2 (for the title and the paper's columns).
 
   Returns:
-    Markdown text with a title, the table and a legend.
+    Markdown text with a title, the table and its footnotes.
   """
-  header = ["Row", "Run", *COLUMNS, *(f"paper {c}" for c in COLUMNS)]
+  layout = _layout(table)
+  header = ["Row", "Run", "n", *(h for h, _ in layout)]
   lines = [
     f"# Table {_ROMAN[table]}",
     "",
@@ -357,54 +530,112 @@ def to_markdown(rows: list[dict], table: int) -> str:
     "|" + "---|" * len(header),
   ]
   for row in rows:
-    cells = [row["label"], row["training"], *(_ours(row, c) for c in COLUMNS)]
-    cells += [_paper(row, c) for c in COLUMNS]
+    cells = [row["label"], row["training"], _n(row), *(cell(row) for _, cell in layout)]
     lines.append("| " + " | ".join(cells) + " |")
   lines += [
     "",
-    "Percentages. mAP = mAP50, AR = AR@1000 (class-agnostic proposals, IoU 0.50:0.95) under the "
-    "row's inference fusion; mIoU and mIoU* do not depend on the RPN fusion. "
-    f"{MISSING}: the run has not finished; {NOT_REPORTED}: the run does not report the metric; "
-    f"{UNKNOWN}: the paper's value is not known here.",
+    "Percentages on the validation split; the paper's are Cityscapes val. Ours: mean ± sample "
+    "standard deviation over the n finished seeds (one value when n = 1; n = k/N: k of the N "
+    "seeds asked for have finished). mAP = mAP50 (8 classes), AR50 = AR50@1000, AR = AR@1000 "
+    "(class-agnostic proposals), under the row's inference fusion; mIoU and mIoU* do not depend "
+    "on the RPN fusion. Δ: the row minus the Baseline row (ours: of the means). "
+    f"{MISSING}: no seed of the run has finished; {NOT_REPORTED}: the run does not report the "
+    f'metric; {PAPER_NA}: the paper prints "NA".',
+    "",
+    AR_NOTE,
   ]
+  if table == 2:
+    lines += ["", CASE1_NOTE]
   return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[dict]) -> str:
-  """The table as CSV: one line per row, our and the paper's cells as in the markdown."""
+def to_csv(rows: list[dict], table: int) -> str:
+  """The table as CSV, one line per row and seed (a missing row: one line, seed empty): each
+  seed's values, then the paper's cells of the row."""
+  paper = PAPER_COLUMNS[table]
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
   writer.writerow(
-    ["row", "run", "inference_fusion", "status", *COLUMNS, *(f"paper_{c}" for c in COLUMNS)]
+    ["row", "run", "inference_fusion", "seed", "status", *COLUMNS, *(f"paper_{c}" for c in paper)]
   )
   for row in rows:
-    writer.writerow(
-      [row["label"], row["training"], row["fusion"], row["status"]]
-      + [_ours(row, c) for c in COLUMNS]
-      + [_paper(row, c) for c in COLUMNS]
-    )
+    papers = [_paper(row["paper"][c]) for c in paper]
+    if row["status"] != "ok":
+      writer.writerow([row["label"], row["training"], row["fusion"], "", MISSING]
+                      + [MISSING] * len(COLUMNS) + papers)  # fmt: skip
+    for seed, values in row["seeds"].items():
+      writer.writerow(
+        [row["label"], row["training"], row["fusion"], seed, "ok"]
+        + [NOT_REPORTED if values[c] is None else repr(values[c]) for c in COLUMNS]
+        + papers
+      )
   return buffer.getvalue()
 
 
+# The changes `plot_changes` draws: (our column, its name, the paper column beside it or None).
+PLOTTED = (("mAP", "mAP50", "mAP"), ("AR50", "AR50@1000", "AR"), ("AR", "AR@1000", None))
+
+
+def plot_changes(rows: list[dict], table: int, path: str) -> None:
+  """Writes a PNG: per row (the Baseline left out), its change against the Baseline row in
+  mAP50, AR50@1000 and AR@1000 (one panel each), ours as the mean with the standard error of
+  the difference as error bars, the paper's as a marker (its Prop. AR beside AR50@1000).
+
+  Changes, not absolute values: the paper's absolutes are Cityscapes', ours may not be.
+  """
+  shown = [r for r in rows if r["training"] != BASELINE]
+  height = 1.2 + 0.32 * max(len(shown), 1)
+  figure = Figure(figsize=(13, height), layout="constrained")
+  axes = figure.subplots(1, len(PLOTTED), sharey=True)
+  y = np.arange(len(shown))[::-1]
+  for ax, (column, name, paper_column) in zip(axes, PLOTTED, strict=True):
+    ours = np.array([np.nan if r["delta"][column] is None else r["delta"][column] for r in shown])
+    se = np.array([r["delta_se"][column] for r in shown])
+    ax.axvline(0.0, color="0.6", linewidth=1)
+    ax.errorbar(ours, y, xerr=np.nan_to_num(se), fmt="o", color="tab:blue", capsize=3,
+                label="ours (mean ± s.e.)")  # fmt: skip
+    if paper_column is not None:
+      paper = [r["paper_delta"][paper_column] for r in shown]
+      ax.plot(paper, y, "D", color="tab:red", markerfacecolor="none", label="paper")
+    ax.set_title(f"Δ{name} vs baseline" + (" (paper: Prop. AR)" if column == "AR50" else ""))
+    ax.set_xlabel("change (points)")
+    ax.grid(axis="x", color="0.9")
+  axes[0].set_yticks(y, [r["label"] for r in shown], fontsize=8)
+  axes[0].legend(loc="best", fontsize=8)
+  n = sorted({r["n"] for r in rows if r["status"] == "ok"})
+  figure.suptitle(f"Table {_ROMAN[table]}: change against the Baseline row (seeds per row: "
+                  f"{', '.join(map(str, n)) or 'none finished'})")  # fmt: skip
+  figure.savefig(path, dpi=110)
+
+
 def write_table(
-  table: int, root: str, synthetic: bool = False, names: list[str] | None = None
+  table: int,
+  root: str,
+  synthetic: bool = False,
+  names: list[str] | None = None,
+  seeds: int = 1,
+  tokens: tuple[str, ...] = (),
 ) -> str:
-  """Collects a table and writes root/table<N>.md and root/table<N>.csv.
+  """Collects a table and writes root/table<N>.md, root/table<N>.csv and the change plot
+  root/table<N>_changes.png.
 
   Args:
     table: 1 or 2.
     root: the sweep root.
     synthetic: whether the runs use the synthetic configs.
     names: training names (--rows); None = all.
+    seeds: the seeds asked for.
+    tokens: the runs' further config tokens.
 
   Returns:
     The markdown text.
   """
-  rows = collect(table, root, synthetic, names)
+  rows = collect(table, root, synthetic, names, seeds, tokens)
   markdown = to_markdown(rows, table)
   os.makedirs(root, exist_ok=True)
   with open(os.path.join(root, f"table{table}.md"), "w") as f:
     f.write(markdown)
   with open(os.path.join(root, f"table{table}.csv"), "w") as f:
-    f.write(to_csv(rows))
+    f.write(to_csv(rows, table))
+  plot_changes(rows, table, os.path.join(root, f"table{table}_changes.png"))
   return markdown
