@@ -1,21 +1,53 @@
-"""segrpn_jax.paper.reproduce and segrpn_jax.paper.tables: the commands of the sweep, which runs
-it skips, and the tables built from hand-written metrics files (some runs missing)."""
+"""segrpn_jax.paper.reproduce and segrpn_jax.paper.tables: the paper's values cell by cell, the
+commands of the sweep over seeds, which runs it skips, and the tables, CSV and change plot built
+from hand-written metrics files (some runs missing)."""
 
 import csv
 import io
 import json
+import math
 import os
-import runpy
 import subprocess
 import sys
 import types
 
 import pytest
+from PIL import Image
 
+from segrpn_jax import errors
 from segrpn_jax.paper import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "segrpn_jax", "paper", "reproduce.py")
+
+# Typed from the paper (Cityscapes val), independently of tables.py: label, then the values.
+# Table I: mIoU, mIoU*, mAP, Prop. AR.
+PAPER_TABLE_1 = [
+  ("Baseline", "67.34", "NA", "50.38", "79.58"),
+  ("Baseline + ROI", "67.80", "94.41", "51.87", "80.22"),
+  ("Baseline + ROI (w/o ROI during inference)", "67.80", "94.41", "51.65", "79.77"),
+  ("Baseline + RPN", "67.95", "94.40", "51.45", "80.40"),
+  ("Baseline + RPN (w/o RPN during inference)", "67.95", "94.40", "50.85", "79.40"),
+]
+# Table II: mIoU, mAP, Prop. AR; the eight value rows of case 1 go to its first eight labels.
+PAPER_TABLE_2 = [
+  ("Baseline", "67.34", "50.38", "79.58"),
+  ("Baseline + ROI_1", "67.89", "51.42", "80.56"),
+  ("Baseline + ROI_1 (w/o ROI_1 during inference)", "67.89", "51.25", "79.95"),
+  ("Baseline + RPN_1", "68.52", "51.57", "82.59"),
+  ("Baseline + RPN_1 (w/o RPN_1 during inference)", "67.95", "50.84", "78.86"),
+  ("Baseline + ROI_1 + RPN_1", "68.18", "51.40", "83.34"),
+  ("Baseline + ROI_1 + RPN_1 (w/o ROI_1 and RPN_1 during inference)", "68.18", "49.93", "79.02"),
+  ("Baseline + ROI_1 + RPN_1 (w/o ROI_1 during inference)", "68.18", "51.20", "82.72"),
+  ("Baseline + ROI_1 + RPN_1 (w/o RPN_1 during inference)", "68.18", "50.30", "79.90"),
+  ("Baseline + ROI_2", "68.33", "51.50", "80.70"),
+  ("Baseline + ROI_2 (w/o ROI_2 during inference)", "68.33", "51.28", "79.84"),
+  ("Baseline + RPN_2", "68.23", "51.71", "82.54"),
+  ("Baseline + RPN_2 (w/o RPN_2 during inference)", "68.23", "50.17", "79.84"),
+  ("Baseline + ROI_3", "68.24", "51.21", "80.55"),
+  ("Baseline + ROI_3 (w/o ROI_3 during inference)", "68.24", "51.13", "80.29"),
+  ("Baseline + RPN_3", "68.43", "51.56", "82.84"),
+  ("Baseline + RPN_3 (w/o RPN_3 during inference)", "68.43", "50.43", "79.64"),
+]
 
 
 def _write(root, name, metrics, step=800, config_steps=None):
@@ -25,37 +57,103 @@ def _write(root, name, metrics, step=800, config_steps=None):
   (root / name / f"metrics_{step}.json").write_text(json.dumps(metrics))
 
 
+def _cells(markdown):
+  """The markdown table as {header: cell} per row."""
+  lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+  split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]
+  header = split(lines[0])
+  return [dict(zip(header, split(line), strict=True)) for line in lines[1:]]
+
+
+def _reproduce(*args, check=True):
+  return subprocess.run(
+    [sys.executable, "-m", "segrpn_jax.paper.reproduce", *args],
+    capture_output=True,
+    text=True,
+    check=check,
+    cwd=ROOT,
+    # This checkout's package, as pytest's pythonpath gives the tests (not another install).
+    env={**os.environ, "PYTHONPATH": ROOT},
+  )
+
+
+@pytest.mark.parametrize(
+  ("table", "typed", "paper_headers"),
+  [
+    (1, PAPER_TABLE_1, ["paper mIoU", "paper mIoU*", "paper mAP", "paper AR"]),
+    (2, PAPER_TABLE_2, ["paper mIoU", "paper mAP", "paper AR"]),
+  ],
+)
+def test_every_paper_value_on_an_empty_root(tmp_path, table, typed, paper_headers):
+  markdown = tables.write_table(table, str(tmp_path / "runs"), synthetic=True)
+  rows = _cells(markdown)
+  assert [(r["Row"], *(r[h] for h in paper_headers)) for r in rows] == typed
+  assert all(r["n"] == "0/1" and r["mAP"] == r["AR50"] == "missing" for r in rows)
+  # The paper's changes against its baseline, for mAP and Prop. AR.
+  base = typed[0]
+  for row, values in zip(rows, typed, strict=True):
+    for header, index in (("paper ΔmAP", -2), ("paper ΔAR", -1)):
+      assert float(row[header]) == pytest.approx(float(values[index]) - float(base[index]))
+  # The paper's AR sits right beside our AR50, and the footnote says so.
+  header = list(rows[0])
+  assert header[header.index("AR50") + 1] == "paper AR"
+  assert "sits beside our AR50@1000" in markdown
+  assert ("appears twice" in markdown) == (table == 2)
+  assert (tmp_path / "runs" / f"table{table}_changes.png").exists()
+
+
 BASELINE = {"mIoU": 0.6012, "mAP50": 0.5, "AR@1000": 0.7, "inference/none/mAP50": 0.45,
-            "inference/none/AR@1000": 0.75, "mIoU*/semantic": 0.9}  # fmt: skip
+            "inference/none/AR@1000": 0.75, "inference/none/AR50@1000": 0.9,
+            "mIoU*/semantic": 0.9}  # fmt: skip
 SEGRPN_ROI = {"mIoU": 0.61, "mIoU*": 0.93456, "inference/roi/mAP50": 0.52,
-              "inference/roi/AR@1000": 0.8, "inference/none/mAP50": 0.51,
-              "inference/none/AR@1000": float("nan")}  # fmt: skip
+              "inference/roi/AR@1000": 0.8, "inference/roi/AR50@1000": 0.95,
+              "inference/none/mAP50": 0.51, "inference/none/AR@1000": float("nan")}  # fmt: skip
 
 
-def test_table_one_from_metrics_files_with_a_missing_run(tmp_path):
+def test_table_one_over_seeds_with_a_missing_run(tmp_path):
   _write(tmp_path, "baseline", BASELINE)
+  _write(tmp_path, "baseline-seed1", {**BASELINE, "mIoU": 0.6212, "inference/none/mAP50": 0.47})
   _write(tmp_path, "segrpn-roi", SEGRPN_ROI, step=5, config_steps=5)
   # segrpn-rpn: an unfinished run (an intermediate evaluation only) is missing, never filled in.
   _write(tmp_path, "segrpn-rpn", {**SEGRPN_ROI, "inference/rpn/mAP50": 0.9}, step=400)
-  markdown = tables.write_table(1, str(tmp_path), synthetic=True)
+  markdown = tables.write_table(1, str(tmp_path), synthetic=True, seeds=2)
   assert (tmp_path / "table1.md").read_text() == markdown
-  body = [line for line in markdown.splitlines() if line.startswith("| ")][1:]
-  cells = [[c.strip() for c in line.strip("|").split("|")] for line in body]
-  assert cells == [
-    # baseline: mAP/AR of fusion none; mIoU* not reported; the paper's known numbers.
-    ["Baseline", "baseline", "60.12", "-", "45.00", "75.00", "67.34", "n/a", "50.38", "79.58"],
-    ["SegRPN +ROI", "segrpn-roi", "61.00", "93.46", "52.00", "80.00",
-     "n/a", "n/a", "51.87", "n/a"],
-    ["SegRPN +ROI, w/o ROI during inference", "segrpn-roi", "61.00", "93.46", "51.00", "nan",
-     "n/a", "n/a", "n/a", "n/a"],
-    ["SegRPN +RPN", "segrpn-rpn", *["missing"] * 4, *["n/a"] * 4],
-    ["SegRPN +RPN, w/o RPN during inference", "segrpn-rpn", *["missing"] * 4, *["n/a"] * 4],
+  rows = _cells(markdown)
+  ours = ["n", "mIoU", "mIoU*", "mAP", "AR50", "AR", "ΔmAP", "ΔAR50", "ΔAR"]
+  # Baseline: two seeds, mean ± sample std (mIoU 60.12, 62.12: std sqrt(2); mAP 45, 47).
+  assert [rows[0][h] for h in ours] == [
+    "2", "61.12 ± 1.41", "-", "46.00 ± 1.41", "90.00 ± 0.00", "75.00 ± 0.00",
+    "+0.00", "+0.00", "+0.00",
   ]  # fmt: skip
-  rows = list(csv.DictReader(io.StringIO((tmp_path / "table1.csv").read_text())))
-  assert [r["status"] for r in rows] == ["ok", "ok", "ok", "missing", "missing"]
-  assert [r["inference_fusion"] for r in rows] == ["none", "roi", "none", "rpn", "none"]
-  assert rows[1]["mAP"] == "52.00" and rows[1]["paper_mAP"] == "51.87"
-  assert rows[3]["mIoU"] == "missing" and rows[3]["paper_mIoU"] == "n/a"
+  # +ROI: one of two seeds finished; changes against the baseline's means.
+  assert [rows[1][h] for h in ours] == [
+    "1/2", "61.00", "93.46", "52.00", "95.00", "80.00", "+6.00", "+5.00", "+5.00"
+  ]  # fmt: skip
+  # w/o ROI: no AR50 key for fusion none, AR NaN.
+  assert [rows[2][h] for h in ours] == [
+    "1/2", "61.00", "93.46", "51.00", "-", "nan", "+5.00", "-", "nan"
+  ]  # fmt: skip
+  assert [rows[3][h] for h in ours] == ["0/2", *["missing"] * 8]
+  assert rows[1]["paper mAP"] == "51.87" and rows[3]["paper AR"] == "80.40"
+
+  # The CSV keeps every seed's value.
+  lines = list(csv.DictReader(io.StringIO((tmp_path / "table1.csv").read_text())))
+  assert [(r["run"], r["seed"], r["status"]) for r in lines] == [
+    ("baseline", "0", "ok"), ("baseline", "1", "ok"), ("segrpn-roi", "0", "ok"),
+    ("segrpn-roi", "0", "ok"), ("segrpn-rpn", "", "missing"), ("segrpn-rpn", "", "missing"),
+  ]  # fmt: skip
+  assert [float(r["mAP"]) for r in lines[:4]] == pytest.approx([45.0, 47.0, 52.0, 51.0])
+  assert lines[0]["mIoU*"] == "-" and lines[3]["AR"] == "nan"
+  assert lines[0]["paper_mIoU*"] == "NA" and lines[1]["paper_AR"] == "79.58"
+
+  # The plotted changes: the standard error of the difference of the means.
+  collected = tables.collect(1, str(tmp_path), synthetic=True, seeds=2)
+  roi = collected[1]
+  assert roi["delta"]["mAP"] == pytest.approx(6.0)
+  assert math.isnan(roi["delta_se"]["mAP"])  # one +ROI seed: no spread to show
+  assert collected[0]["delta_se"]["mAP"] == pytest.approx(math.sqrt(2 * 2 / 2))
+  picture = Image.open(tmp_path / "table1_changes.png")
+  assert picture.format == "PNG" and picture.width > picture.height > 100
 
 
 def test_table_two_rows_and_fallback_to_the_top_level_keys(tmp_path):
@@ -63,48 +161,49 @@ def test_table_two_rows_and_fallback_to_the_top_level_keys(tmp_path):
   # use the top-level mAP50/AR@1000; its w/o rows stay "-".
   _write(tmp_path, "case1-roi+rpn", {"mIoU": 0.5, "mIoU*": 0.9, "mAP50": 0.4, "AR@1000": 0.6})
   rows = tables.collect(2, str(tmp_path), synthetic=True, names=["case1-roi+rpn", "case1-rpn"])
-  assert [(r["label"], r["fusion"]) for r in rows] == [
-    ("Case 1 +RPN", "rpn"),
-    ("Case 1 +RPN, w/o RPN during inference", "none"),
-    ("Case 1 +ROI+RPN", "roi+rpn"),
-    ("Case 1 +ROI+RPN, w/o ROI during inference", "rpn"),
-    ("Case 1 +ROI+RPN, w/o RPN during inference", "roi"),
-    ("Case 1 +ROI+RPN, w/o ROI+RPN during inference", "none"),
-  ]
+  assert [(r["training"], r["fusion"]) for r in rows] == [
+    ("case1-rpn", "rpn"), ("case1-rpn", "none"), ("case1-roi+rpn", "roi+rpn"),
+    ("case1-roi+rpn", "none"), ("case1-roi+rpn", "rpn"), ("case1-roi+rpn", "roi"),
+  ]  # fmt: skip
   assert rows[0]["status"] == "missing" and rows[0]["paper"]["mIoU"] == 68.52
-  assert rows[2]["ours"] == pytest.approx({"mIoU": 50.0, "mIoU*": 90.0, "mAP": 40.0, "AR": 60.0})
-  assert rows[3]["ours"]["mAP"] is None and rows[3]["ours"]["mIoU"] == pytest.approx(50.0)
-  # Every Table II training: baseline + 3 cases x 3 fusions, 1 + 9 * 2 + 3 * 2 rows.
-  assert len(tables.trainings(2)) == 10 and len(tables.TABLES[2]) == 1 + 3 * (2 + 2 + 4)
-  with pytest.raises(ValueError, match="--rows case9-roi: not a training of Table 2"):
+  assert rows[2]["mean"] == pytest.approx(
+    {"mIoU": 50.0, "mIoU*": 90.0, "mAP": 40.0, "AR50": None, "AR": 60.0}
+  )
+  assert rows[3]["mean"]["mAP"] is None and rows[3]["mean"]["mIoU"] == pytest.approx(50.0)
+  assert rows[2]["delta"]["mAP"] is None  # the baseline has not finished
+  # The paper's Table II: baseline + case 1 (roi, rpn, roi+rpn) + cases 2 and 3 (roi, rpn).
+  assert len(tables.trainings(2)) == 8 and len(tables.TABLES[2]) == 17
+  with pytest.raises(errors.UserError, match="--rows=case9-roi: not a training of Table 2"):
     tables.trainings(2, ["case9-roi"])
+  with pytest.raises(errors.ConfigError, match="unknown config token 'no_such_token'"):
+    os.makedirs(tmp_path / "baseline")  # started, without a config.json: the file decides
+    tables.num_steps(tables.TRAININGS["baseline"], str(tmp_path), tokens=("no_such_token",))
 
 
-def test_dry_run_prints_every_command(tmp_path):
-  _write(tmp_path, "segrpn-roi", SEGRPN_ROI)  # finished at the synthetic 800 steps
-  out = subprocess.run(
-    [sys.executable, SCRIPT, "--table", "1", "--root", str(tmp_path), "--synthetic", "--dry-run"],
-    capture_output=True,
-    text=True,
-    check=True,
-    cwd=ROOT,
-    # This checkout's package, as pytest's pythonpath gives the tests (not another install).
-    env={**os.environ, "PYTHONPATH": ROOT},
-  ).stdout.splitlines()
+def test_dry_run_prints_one_command_per_training_and_seed(tmp_path):
+  _write(tmp_path, "segrpn-roi-seed1", SEGRPN_ROI, step=5, config_steps=5)  # finished
+  out = _reproduce(
+    "--table=1", f"--root={tmp_path}", "--synthetic", "--seeds=2", "--tokens=extra",
+    "--rows=baseline,segrpn-roi", "--dry_run",
+  ).stdout.splitlines()  # fmt: skip
   root = str(tmp_path)
+  main = "python -m segrpn_jax.main --config=segrpn_jax/configs"
   assert out == [
-    "python -m segrpn_jax.main "
-    f"--config=segrpn_jax/configs/baseline.py:synthetic --workdir={root}/baseline",
-    "# finished, would be skipped: python -m segrpn_jax.main "
-    f"--config=segrpn_jax/configs/segrpn.py:roi,synthetic --workdir={root}/segrpn-roi",
-    "python -m segrpn_jax.main "
-    f"--config=segrpn_jax/configs/segrpn.py:rpn,synthetic --workdir={root}/segrpn-rpn",
+    f"{main}/baseline.py:synthetic,extra --workdir={root}/baseline --config.seed=0",
+    f"{main}/segrpn.py:roi,synthetic,extra --workdir={root}/segrpn-roi --config.seed=0",
+    f"{main}/baseline.py:synthetic,extra --workdir={root}/baseline-seed1 --config.seed=1",
+    "# finished, would be skipped: "
+    f"{main}/segrpn.py:roi,synthetic,extra --workdir={root}/segrpn-roi-seed1 --config.seed=1",
   ]
-  paper = tables.command(tables.TRAININGS["case3-roi+rpn"], "runs")
+  paper = tables.command(tables.TRAININGS["case3-rpn"], "runs", seed=2)
   assert paper[3:] == [
-    "--config=segrpn_jax/configs/case3.py:roi+rpn",
-    "--workdir=runs/case3-roi+rpn",
+    "--config=segrpn_jax/configs/case3.py:rpn",
+    "--workdir=runs/case3-rpn-seed2",
+    "--config.seed=2",
   ]
+  both = _reproduce("--table=1", f"--root={tmp_path}", "--dry_run", "--collect", check=False)
+  assert both.returncode == errors.EXIT_USER_ERROR
+  assert both.stderr.startswith("error: --dry_run and --collect exclude each other")
 
 
 def test_the_sweep_skips_finished_runs_and_stops_on_a_failure(tmp_path):
@@ -116,24 +215,30 @@ def test_the_sweep_skips_finished_runs_and_stops_on_a_failure(tmp_path):
     kwargs["stdout"].write("training...\n")
     return types.SimpleNamespace(returncode=returncode)
 
-  assert tables.run_trainings(1, str(tmp_path), synthetic=True, run=fake_run) == [
-    "segrpn-roi",
-    "segrpn-rpn",
-  ]
-  assert [c[0] for c in calls] == [sys.executable] * 2
-  assert calls[0][1:] == tables.command(tables.TRAININGS["segrpn-roi"], str(tmp_path), True)[1:]
-  assert (tmp_path / "segrpn-rpn" / "train.log").read_text() == "training...\n"
-  with pytest.raises(RuntimeError, match=r"training segrpn-rpn failed \(exit code 3\)"):
+  ran = tables.run_trainings(1, str(tmp_path), synthetic=True, seeds=2, run=fake_run)
+  # Seed 0 of every training first, then seed 1; the finished baseline seed 0 is skipped.
+  assert ran == ["segrpn-roi", "segrpn-rpn", "baseline-seed1", "segrpn-roi-seed1",
+                 "segrpn-rpn-seed1"]  # fmt: skip
+  assert [c[0] for c in calls] == [sys.executable] * 5
+  assert calls[2][1:] == tables.command(tables.TRAININGS["baseline"], str(tmp_path), True, 1)[1:]
+  assert calls[2][-1] == "--config.seed=1"
+  assert (tmp_path / "segrpn-rpn-seed1" / "train.log").read_text() == "training...\n"
+  with pytest.raises(errors.TrainingError, match=r"training segrpn-rpn failed \(exit code 3\)"):
     tables.run_trainings(
       1, str(tmp_path), True, ["segrpn-rpn"], run=lambda argv, **kw: fake_run(argv, 3, **kw)
     )
+  with pytest.raises(errors.UserError, match="--seeds=0"):
+    tables.schedule(1, seeds=0)
 
 
-def test_collect_mode_of_the_script(tmp_path, capsys):
+def test_collect_mode_of_the_command(tmp_path):
   _write(tmp_path, "baseline", BASELINE)
-  script = runpy.run_path(SCRIPT, run_name="reproduce")
-  argv = ["--table", "1", "--root", str(tmp_path), "--synthetic", "--collect", "--rows", "baseline"]
-  assert script["main"](argv) == 0
-  printed = capsys.readouterr().out
-  assert "| Baseline | baseline | 60.12 | - | 45.00 | 75.00 |" in printed
+  _write(tmp_path, "baseline-seed3", {**BASELINE, "inference/none/mAP50": 0.55})  # found too
+  printed = _reproduce(
+    "--table=1", f"--root={tmp_path}", "--synthetic", "--collect", "--rows=baseline"
+  ).stdout
+  rows = _cells(printed)
+  # mAP 45 and 55: sample std 5 * sqrt(2).
+  assert len(rows) == 1 and rows[0]["n"] == "2" and rows[0]["mAP"] == "50.00 ± 7.07"
+  assert rows[0]["mIoU"] == "60.12 ± 0.00" and rows[0]["paper mIoU"] == "67.34"
   assert (tmp_path / "table1.md").read_text() == printed
