@@ -211,7 +211,7 @@ def evaluate_variables(
       results[name] = matrix.result()["mIoU"]
   results = {k: float(v) for k, v in results.items()}
   logging.info(
-    "Eval at step %d (%d images):\n%s",
+    "Eval at step %d, %d images, in percent:\n%s",
     step, len(collector.gt["boxes"]), format_results(results, fusions, config.eval.max_proposals),
   )  # fmt: skip
   if workdir is not None and jax.process_index() == 0:
