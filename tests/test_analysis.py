@@ -1,28 +1,18 @@
 """segrpn_jax.paper.analysis (the numbers behind the figures) against NumPy recounts and
-hand-made cases, and segrpn_jax.paper.figures on a tiny trained run: every figure writes a PNG,
-bad input is one readable error."""
+hand-made cases; tests/test_figures.py draws the figures from a run."""
 
 import math
-import os
-import runpy
 
-import jax
 import numpy as np
 import pytest
 from clu import metric_writers
-from PIL import Image
 
-from segrpn_jax import api, checkpointing, train
 from segrpn_jax.configs import baseline, case2, segrpn
 from segrpn_jax.ops import anchors as anchor_ops
 from segrpn_jax.ops import boxes as box_ops
 from segrpn_jax.ops import proposals as proposal_ops
 from segrpn_jax.ops import scale as scale_ops
 from segrpn_jax.paper import analysis
-from tests.train_config import tiny_train_config
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "segrpn_jax",
-                      "paper", "figures.py")  # fmt: skip
 
 
 def _iou(a, b):
@@ -241,68 +231,3 @@ def test_curves_read_back_from_event_files(tmp_path):
     analysis.loss_series(str(tmp_path / "old"))
   with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
     analysis.read_scalars(str(tmp_path))
-
-
-# ------------------------------------------------------------------------------------------------
-# The figures on a tiny trained run.
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A 2-step SegRPN run (roi+rpn) of the tiny synthetic config."""
-  config = tiny_train_config(str(tmp_path_factory.mktemp("tfds")))
-  workdir = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(config, workdir)
-  return config, workdir
-
-
-@pytest.fixture(scope="module")
-def figures():
-  return runpy.run_path(SCRIPT, run_name="figures")["main"]
-
-
-@pytest.mark.parametrize("figure", ["rpn-maps", "proposal-filtering", "loss-curves", "fg-rois",
-                                    "scale-division", "missed-objects"])  # fmt: skip
-def test_every_figure_writes_a_png(run, figures, figure, tmp_path):
-  _, workdir = run
-  output = str(tmp_path / f"{figure}.png")
-  assert figures([figure, "--workdir", workdir, "--output", output, "--image", "1"]) == 0
-  with Image.open(output) as png:
-    assert png.format == "PNG" and png.width > 100 and png.height > 100
-
-
-def test_figure_numbers_on_the_trained_run(run):
-  config, workdir = run
-  config, model, variables = analysis.load_run(workdir, "test")
-  batch = analysis.eval_example(config, 1)
-  out = jax.device_get(api.predict(model, variables, batch["image"], fusion="roi+rpn"))
-  proposals = {k: np.asarray(v[0]) for k, v in out["proposals"].items()}
-  anchors = analysis.run_anchors(config)
-  args = (anchors, tuple(config.data.image_size), tuple(config.model.anchor.strides), proposals,
-          batch["boxes"][0], batch["valid"][0])  # fmt: skip
-  _check_filtering(analysis.proposal_filtering(*args), _recount(*args))
-  # Fig. 6's series is Fig. 6's axis: the logged fraction x 2000 at every logged step.
-  scalars = analysis.read_scalars(workdir)
-  steps, per_2000 = analysis.fg_roi_series(workdir)
-  np.testing.assert_array_equal(steps, [1, 2])
-  np.testing.assert_allclose(per_2000, 2000 * scalars["train/fg_roi_fraction"][1], rtol=1e-6)
-  maps = analysis.rpn_map_images(jax.device_get(api.rpn_maps(model, variables, batch["image"])))
-  assert maps["P4"]["fused_objectness/roi+rpn"].shape == (64 // 16, 128 // 16)
-
-
-def test_bad_input_is_one_readable_error(run, figures, tmp_path, capsys):
-  config, workdir = run
-  output = str(tmp_path / "x.png")
-  assert figures(["rpn-maps", "--workdir", workdir, "--output", output, "--image", "4"]) == 2
-  assert "image 4 is not in the validation split, which has 4 images" in capsys.readouterr().err
-  empty = str(tmp_path / "empty")
-  checkpointing.save_config(empty, config)  # a run that never saved a checkpoint
-  assert figures(["missed-objects", "--workdir", empty, "--output", output]) == 2
-  assert "has no checkpoint" in capsys.readouterr().err
-  baseline = config.copy_and_resolve_references()
-  baseline.model.class_agnostic = False
-  checkpointing.save_config(str(tmp_path / "baseline"), baseline)
-  assert figures(["loss-curves", "--workdir", str(tmp_path / "baseline"), "--output", output]) == 2
-  assert "is a baseline run" in capsys.readouterr().err and not os.path.exists(output)
-  assert figures(["fg-rois", "--workdir", str(tmp_path), "--output", output]) == 2
-  assert "no TensorBoard event files" in capsys.readouterr().err

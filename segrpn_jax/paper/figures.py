@@ -92,7 +92,7 @@ def _feature_name(fusion: str) -> str:
   return "F_det + F_det*F_mask" if fusion in ("rpn", "roi+rpn") else "F_det"
 
 
-def rpn_features(args) -> None:
+def rpn_features(args) -> plt.Figure:
   config, image, fusion, maps = _rpn_map_images(args, "rpn-features")
   fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 2.4))
   axes[0].imshow(image)
@@ -106,10 +106,10 @@ def rpn_features(args) -> None:
     "darker = lower activation, each map scaled to its own range)",
     fontsize=9,
   )
-  fig.savefig(args.output, dpi=100, bbox_inches="tight")
+  return fig
 
 
-def rpn_maps(args) -> None:
+def rpn_maps(args) -> plt.Figure:
   config, image, fusion, maps = _rpn_map_images(args, "rpn-maps")
   ratios = tuple(config.model.anchor.aspect_ratios)
   fig = plt.figure(figsize=(3.2 * (len(ratios) + 1), 1.9 * (len(maps) + 2)))
@@ -128,13 +128,13 @@ def rpn_maps(args) -> None:
     "map scaled to its own [min, max]",
     fontsize=9,
   )
-  fig.savefig(args.output, dpi=100, bbox_inches="tight")
+  return fig
 
 
 YELLOW, GREEN, RED = (1.0, 0.9, 0.0), (0.0, 0.8, 0.0), (0.9, 0.0, 0.0)
 
 
-def proposal_filtering(args) -> None:
+def proposal_filtering(args) -> plt.Figure:
   config, model, variables = analysis.load_run(args.workdir[0], "proposal-filtering")
   fusion = args.fusion or config.model.fusion.train  # the proposals of a training step
   batch, image = _image_batch(config, args)
@@ -173,7 +173,7 @@ def proposal_filtering(args) -> None:
   fig.legend(
     handles=[
       mpatches.Patch(
-        color=YELLOW, label="proposals IoU > 0.5 with a ground truth, before filtering"
+        color=YELLOW, label="proposals at IoU > 0.5 with a ground truth, before filtering"
       ),
       mpatches.Patch(color=GREEN, label="true positive (kept, IoU > 0.5)"),
       mpatches.Patch(color=RED, label="false positive (kept, IoU <= 0.5)"),
@@ -191,10 +191,10 @@ def proposal_filtering(args) -> None:
     fontsize=9,
   )
   fig.tight_layout(rect=(0, 0.04, 1, 1))
-  fig.savefig(args.output, dpi=100, bbox_inches="tight")
+  return fig
 
 
-def loss_curves(args) -> None:
+def loss_curves(args) -> plt.Figure:
   workdir = args.workdir[0]
   analysis.require_rpn_mask(analysis.load_config(workdir), workdir, "loss-curves")
   series = analysis.loss_series(workdir)
@@ -206,10 +206,10 @@ def loss_curves(args) -> None:
     ax.set_xlabel("step")
     ax.set_title(f"{part} loss")
     ax.legend()
-  fig.savefig(args.output, dpi=100, bbox_inches="tight")
+  return fig
 
 
-def fg_rois(args) -> None:
+def fg_rois(args) -> plt.Figure:
   configs = [analysis.load_config(workdir) for workdir in args.workdir]
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for workdir, label in zip(args.workdir, analysis.run_labels(configs), strict=True):
@@ -219,10 +219,10 @@ def fg_rois(args) -> None:
   ax.set_ylabel("foreground ROIs per 2000 proposals")
   ax.set_title("Foreground ROIs per 2000 after filtering by NMS", fontsize=9)
   ax.legend(fontsize=8)
-  fig.savefig(args.output, dpi=100, bbox_inches="tight")
+  return fig
 
 
-def scale_division(args) -> None:
+def scale_division(args) -> plt.Figure:
   config = analysis.load_config(args.workdir[0])
   batch = analysis.eval_example(config, args.image, args.split)
   fig, axes = plt.subplots(3, 6, figsize=(18, 5))
@@ -246,10 +246,10 @@ def scale_division(args) -> None:
     for ax in axes[row]:
       _off(ax)
   fig.suptitle(f"Scale division, image {args.image}")
-  fig.savefig(args.output, dpi=100, bbox_inches="tight")
+  return fig
 
 
-def missed_objects(args) -> None:
+def missed_objects(args) -> plt.Figure:
   config, model, variables = analysis.load_run(args.workdir[0], "missed-objects")
   batch, image = _image_batch(config, args)
   fusion = args.fusion or config.model.fusion.inference
@@ -308,7 +308,7 @@ def missed_objects(args) -> None:
     "a detection with score >= 0.5 at IoU >= 0.5",
     fontsize=9,
   )
-  fig.savefig(args.output, dpi=100, bbox_inches="tight")
+  return fig
 
 
 DRAW = {
@@ -322,7 +322,8 @@ DRAW = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  """The command line of `main` (argv without the program name; None = sys.argv[1:])."""
   parser = argparse.ArgumentParser(
     description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -347,11 +348,18 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if len(args.workdir) > 1 and args.figure != "fg-rois":
     parser.error(f"{args.figure} draws one run; pass one --workdir (only fg-rois overlays runs).")
+  return args
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
   try:
-    DRAW[args.figure](args)
+    fig = DRAW[args.figure](args)
   except (FileNotFoundError, IndexError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  fig.savefig(args.output, dpi=100, bbox_inches="tight")
+  plt.close(fig)
   print(f"wrote {args.output}")
   return 0
 
