@@ -131,6 +131,7 @@ def test_proposal_filtering_figure_against_a_recount_from_decoded_proposals(runs
     "proposals at IoU > 0.5 with a ground truth, before filtering",
     "true positive (kept, IoU > 0.5)",
     "false positive (kept, IoU <= 0.5)",
+    "ground truth",
   ]
   assert f"{config.model.rpn.post_nms_topk_train} proposals per image" in fig.get_suptitle()
 

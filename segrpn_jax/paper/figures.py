@@ -67,6 +67,11 @@ def _off(ax):
   ax.set_yticks([])
 
 
+def _boxes(ax, boxes_nx4, colour, width: float) -> None:
+  for x1, y1, x2, y2 in np.asarray(boxes_nx4):
+    ax.add_patch(mpatches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, lw=width))
+
+
 def _scaled(ax, image_2d, title: str, fontsize: int = 7) -> None:
   """A map in grayscale, black at its minimum and white at its maximum, with its range."""
   lo, hi = float(np.min(image_2d)), float(np.max(image_2d))
@@ -160,6 +165,7 @@ def proposal_filtering(args) -> plt.Figure:
         overlay = np.zeros((h, w, 4))
         overlay[mask] = (*colour, 0.85)
         ax.imshow(overlay, extent=extent, interpolation="nearest")
+      _boxes(ax, batch["boxes"][0][batch["valid"][0]], "blue", 0.8)
       _off(ax)
     axes[row, 0].set_title(
       f"level {level}, before filtering: {c['num_positive']} proposals at "
@@ -177,9 +183,10 @@ def proposal_filtering(args) -> plt.Figure:
       ),
       mpatches.Patch(color=GREEN, label="true positive (kept, IoU > 0.5)"),
       mpatches.Patch(color=RED, label="false positive (kept, IoU <= 0.5)"),
+      mpatches.Patch(ec="blue", fill=False, label="ground truth"),
     ],
     loc="lower center",
-    ncol=3,
+    ncol=4,
     fontsize=8,
   )
   total = sum(c["num_tp"] + c["num_fp"] for c in levels.values())
@@ -265,14 +272,9 @@ def missed_objects(args) -> plt.Figure:
   fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.6))
   ax = axes[0]
   ax.imshow(image)
-  groups = [
-    (gt_boxes[gt_valid], "blue", 1.0),
-    (det["boxes"][0][r["shown"]], "red", 1.0),
-    (gt_boxes[r["recovered"]], "lime", 2.5),
-  ]
-  for group, colour, width in groups:
-    for x1, y1, x2, y2 in group:
-      ax.add_patch(mpatches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, lw=width))
+  _boxes(ax, gt_boxes[r["recovered"]], "lime", 2.5)  # under the ground truth's blue outline
+  _boxes(ax, gt_boxes[gt_valid], "blue", 1.0)
+  _boxes(ax, det["boxes"][0][r["shown"]], "red", 1.0)
   names = " or ".join(maps)
   ax.legend(
     handles=[
