@@ -189,7 +189,8 @@ def test_missed_objects_figure_on_segrpn_without_rpn_mask(runs):
   ]
   assert r["num_gt"] > 0 and r["num_large"] > 0
   title = fig.get_suptitle()
-  assert title.startswith("SegRPN without RPN_mask") and "sqrt(box area) >= 8 px" in title
+  assert "run: SegRPN without RPN_mask case1; inference fusion none" in title
+  assert "sqrt(box area) >= 8 px at the 64x128 input" in title
 
 
 def test_fg_rois_legend_names_each_run_by_setting_and_fusion(runs):

@@ -107,7 +107,7 @@ def rpn_features(args) -> plt.Figure:
     _scaled(ax, m["features"], f"level {level[1:]}", fontsize=8)
   fig.suptitle(
     f"RPN feature maps as class-agnostic segmentation maps, ResNet+FPN levels 2-6 "
-    f"({analysis.run_label(config)}; {_feature_name(fusion)}, channel mean; "
+    f"(run: {analysis.run_label(config)}; {_feature_name(fusion)}, channel mean; "
     "darker = lower activation, each map scaled to its own range)",
     fontsize=9,
   )
@@ -129,7 +129,7 @@ def rpn_maps(args) -> plt.Figure:
       _scaled(fig.add_subplot(grid[row, col]), prob, f"{level} ROI prob., ratio {ratio:g}")
   fig.suptitle(
     f"RPN feature map ({_feature_name(fusion)}, channel mean) and ROI probability maps per "
-    f"aspect ratio (h/w), fusion {fusion}\n{analysis.run_label(config)}; darker = lower, each "
+    f"aspect ratio (h/w), fusion {fusion}\nrun: {analysis.run_label(config)}; darker = lower, each "
     "map scaled to its own [min, max]",
     fontsize=9,
   )
@@ -192,8 +192,9 @@ def proposal_filtering(args) -> plt.Figure:
   total = sum(c["num_tp"] + c["num_fp"] for c in levels.values())
   fig.suptitle(
     f"Proposal filtering of RPN_det, fusion {fusion}, image {args.image} "
-    f"({analysis.run_label(config)})\nfiltering as in training: top {r.pre_nms_topk_train} per "
-    f"level, NMS {r.nms_threshold:g}, {r.post_nms_topk_train} proposals per image ({total} kept); "
+    f"(run: {analysis.run_label(config)})\nfiltering as in training: top "
+    f"{r.pre_nms_topk_train} per level, NMS {r.nms_threshold:g}, {r.post_nms_topk_train} "
+    f"proposals per image ({total} kept); "
     "FN = proposals with IoU > 0.5 before filtering that it dropped",
     fontsize=9,
   )
@@ -305,8 +306,9 @@ def missed_objects(args) -> plt.Figure:
       ax.set_title(f"{name} segmentation (foreground probability)", fontsize=9)
     _off(ax)
   fig.suptitle(
-    f"{analysis.run_label(config)}, fusion {fusion}: large = sqrt(box area) >= {min_side:g} px "
-    f"at the {height}x{width} input ({r['num_large']} of {r['num_gt']} ground truths); found = "
+    f"run: {analysis.run_label(config)}; inference fusion {fusion}\nlarge = sqrt(box area) >= "
+    f"{min_side:g} px at the {height}x{width} input ({r['num_large']} of {r['num_gt']} ground "
+    "truths); found = "
     "a detection with score >= 0.5 at IoU >= 0.5",
     fontsize=9,
   )
