@@ -1,26 +1,18 @@
 """segrpn_jax.paper.analysis (the numbers behind the figures) against NumPy recounts and
-hand-made cases, and segrpn_jax.paper.figures on a tiny trained run: every figure writes a PNG,
-bad input is one readable error."""
+hand-made cases; tests/test_figures.py draws the figures from a run."""
 
 import math
-import os
-import runpy
 
-import jax
 import numpy as np
 import pytest
 from clu import metric_writers
-from PIL import Image
 
-from segrpn_jax import api, checkpointing, train
+from segrpn_jax.configs import baseline, case2, segrpn
 from segrpn_jax.ops import anchors as anchor_ops
+from segrpn_jax.ops import boxes as box_ops
 from segrpn_jax.ops import proposals as proposal_ops
 from segrpn_jax.ops import scale as scale_ops
 from segrpn_jax.paper import analysis
-from tests.train_config import tiny_train_config
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "segrpn_jax",
-                      "paper", "figures.py")  # fmt: skip
 
 
 def _iou(a, b):
@@ -32,32 +24,48 @@ def _iou(a, b):
   return inter / union if union > 0 else 0.0
 
 
-def _recount(anchors_by_level, image_size, strides, proposals, gt_boxes, gt_valid):
-  """TP/FP/FN per level with plain loops over anchors, proposals and ground truths."""
+def _decode(anchors, deltas, image_size, weights=(1.0, 1.0, 1.0, 1.0)):
+  """detectron2's Box2BoxTransform.apply_deltas and Boxes.clip, written out in NumPy."""
+  anchors, deltas = np.asarray(anchors, np.float64), np.asarray(deltas, np.float64)
+  w, h = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+  cx, cy = anchors[:, 0] + 0.5 * w, anchors[:, 1] + 0.5 * h
+  dx, dy = deltas[:, 0] / weights[0], deltas[:, 1] / weights[1]
+  clamp = math.log(1000.0 / 16)
+  dw, dh = (
+    np.minimum(deltas[:, 2] / weights[2], clamp),
+    np.minimum(deltas[:, 3] / weights[3], clamp),
+  )
+  px, py, pw, ph = cx + dx * w, cy + dy * h, w * np.exp(dw), h * np.exp(dh)
+  boxes = np.stack([px - pw / 2, py - ph / 2, px + pw / 2, py + ph / 2], axis=1)
+  boxes[:, 0::2] = boxes[:, 0::2].clip(0, image_size[1])
+  boxes[:, 1::2] = boxes[:, 1::2].clip(0, image_size[0])
+  return boxes
+
+
+def _recount(anchors_by_level, deltas, image_size, strides, proposals, gt_boxes, gt_valid):
+  """Fig. 3b with plain loops: yellow positions from the decoded box of every anchor, TP/FP of
+  the kept proposals, FN = decoded boxes at IoU > 0.5 that filtering dropped."""
   gts = [g for g, v in zip(gt_boxes, gt_valid, strict=True) if v]
+  decoded = _decode(np.concatenate(anchors_by_level), deltas, image_size)
+  kept = {int(i) for i, v in zip(proposals["anchor_indices"], proposals["valid"], strict=True)
+          if v}  # fmt: skip
   out, offset = {}, 0
   for j, (anchors, stride) in enumerate(zip(anchors_by_level, strides, strict=True)):
     h, w = math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride)
     a = len(anchors) // (h * w)
     before = np.zeros((h, w), bool)
-    reachable = set()
-    for n, anchor in enumerate(anchors):
-      for g, gt in enumerate(gts):
-        if _iou(anchor, gt) > 0.5:
-          before[n // a // w, n // a % w] = True
-          reachable.add(g)
+    fn = 0
+    for n in range(len(anchors)):
+      if any(_iou(decoded[offset + n], gt) > 0.5 for gt in gts):
+        before[n // a // w, n // a % w] = True
+        fn += offset + n not in kept
     tp = fp = 0
-    found = set()
-    for box, valid, level, index in zip(*(proposals[k] for k in
-                                          ("boxes", "valid", "levels", "anchor_indices")),
-                                        strict=True):  # fmt: skip
-      if not valid or level != j + 2:
-        continue
-      assert offset <= index < offset + len(anchors)
-      hits = {g for g, gt in enumerate(gts) if _iou(box, gt) > 0.5}
-      tp, fp = tp + bool(hits), fp + (not hits)
-      found |= hits
-    out[j + 2] = (before, tp, fp, len(reachable - found))
+    for box, valid, level in zip(*(proposals[k] for k in ("boxes", "valid", "levels")),
+                                 strict=True):  # fmt: skip
+      if valid and level == j + 2:
+        hit = any(_iou(box, gt) > 0.5 for gt in gts)
+        tp, fp = tp + hit, fp + (not hit)
+    out[j + 2] = (before, tp, fp, fn)
     offset += len(anchors)
   return out
 
@@ -67,15 +75,17 @@ def _check_filtering(got, want):
   for level, (before, tp, fp, fn) in want.items():
     np.testing.assert_array_equal(got[level]["before"], before)
     assert (got[level]["num_tp"], got[level]["num_fp"], got[level]["num_fn"]) == (tp, fp, fn)
+    assert got[level]["num_before"] == before.sum()
+    assert got[level]["num_positive"] == got[level]["num_fn"] + got[level]["num_tp"]
     assert got[level]["tp"].sum() <= tp and got[level]["fp"].sum() <= fp
 
 
-def test_proposal_filtering_matches_a_loop_recount():
+def test_proposal_filtering_matches_a_loop_recount_from_decoded_proposals():
   size, strides = (32, 64), (4, 8, 16)
   anchors = anchor_ops.generate_anchors(*size, strides, (8, 16, 32))
   rng = np.random.default_rng(0)
   logits = [rng.normal(0, 2, len(a)).astype(np.float32) for a in anchors]
-  deltas = [rng.normal(0, 0.2, a.shape).astype(np.float32) for a in anchors]
+  deltas = [rng.normal(0, 0.3, a.shape).astype(np.float32) for a in anchors]
   got = proposal_ops.generate_proposals(logits, deltas, anchors, size, 40, 60, 0.7)
   proposals = {
     "boxes": np.asarray(got.boxes),
@@ -83,13 +93,26 @@ def test_proposal_filtering_matches_a_loop_recount():
     "levels": np.where(got.valid, np.asarray(got.levels) + 2, -1),
     "anchor_indices": np.asarray(got.anchor_indices),
   }
+  all_deltas = np.concatenate(deltas)
+  decoded = np.asarray(
+    box_ops.clip(box_ops.decode(np.concatenate(anchors), all_deltas), *size), np.float64
+  )
+  np.testing.assert_allclose(decoded, _decode(np.concatenate(anchors), all_deltas, size),
+                             rtol=1e-5, atol=1e-4)  # fmt: skip
   gt_boxes = np.array([[4, 4, 14, 12], [20, 2, 52, 30], [40, 10, 48, 18], [0, 0, 0, 0]], float)
   gt_valid = np.array([True, True, True, False])
-  result = analysis.proposal_filtering(anchors, size, strides, proposals, gt_boxes, gt_valid)
-  want = _recount(anchors, size, strides, proposals, gt_boxes, gt_valid)
+  result = analysis.proposal_filtering(
+    analysis.split_levels(decoded, anchors), size, strides, proposals, gt_boxes, gt_valid
+  )
+  want = _recount(anchors, all_deltas, size, strides, proposals, gt_boxes, gt_valid)
   _check_filtering(result, want)
   assert sum(r["num_tp"] + r["num_fp"] for r in result.values()) == proposals["valid"].sum()
-  assert any(r["before"].any() for r in result.values())
+  # Not a trivial case: yellow positions, kept true positives and dropped ones on some level.
+  assert all(sum(r[k] for r in result.values()) > 0 for k in ("num_before", "num_tp", "num_fn"))
+  # The yellow set is the proposals' and not the anchors': here the two differ.
+  anchor_hits = [analysis.iou_above(a, gt_boxes[gt_valid], 0.5).reshape(*r["before"].shape, -1)
+                 .any(-1) for a, r in zip(anchors, result.values(), strict=True)]  # fmt: skip
+  assert any((h != r["before"]).any() for h, r in zip(anchor_hits, result.values(), strict=True))
 
 
 def test_scale_division_follows_level_membership():
@@ -121,20 +144,36 @@ def test_scale_division_follows_level_membership():
 
 
 def test_missed_objects_on_a_hand_made_image():
-  gt = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [0, 0, 0, 0]], float)
-  gt_valid = np.array([True, True, True, False])
-  # gt 0 found (IoU 0.81); a detection on gt 1 below the score threshold does not count.
-  det = np.array([[1, 1, 10, 10], [20, 0, 30, 10], [0, 0, 0, 0]], float)
+  # Sides 10 (small), 20, 20 and 30: gt 0 is found (IoU 0.81); a detection on gt 1 below the
+  # score threshold does not count; gts 1-3 are missed, and large from side 20.
+  gt = np.array(
+    [[0, 0, 10, 10], [20, 0, 40, 20], [50, 0, 70, 20], [80, 0, 110, 30], [0] * 4], float
+  )
+  gt_valid = np.array([True, True, True, True, False])
+  det = np.array([[1, 1, 10, 10], [20, 0, 40, 20], [0, 0, 0, 0]], float)
   scores, det_valid = np.array([0.9, 0.3, 0.0]), np.array([True, True, False])
-  prob = np.zeros((10, 60))
-  prob[:, 20:26] = 0.9  # 60 % of gt 1
-  prob[:, 40:44] = 0.9  # 40 % of gt 2
-  r = analysis.missed_objects(gt, gt_valid, det, scores, det_valid, prob)
-  np.testing.assert_array_equal(r["detected"], [True, False, False, False])
-  np.testing.assert_array_equal(r["recovered"], [False, True, False, False])
-  np.testing.assert_allclose(r["coverage"][:3], [0.0, 0.6, 0.4])
-  assert (r["num_missed"], r["num_recovered"]) == (2, 1)
+  class_agnostic, semantic = np.zeros((30, 120)), np.zeros((30, 120))
+  class_agnostic[:, 20:32] = 0.9  # 60 % of gt 1
+  semantic[:, 20:27] = 0.9  # 35 % of gt 1
+  class_agnostic[:, 50:58] = 0.9  # 40 % of gt 2 ...
+  semantic[:10, 50:70] = 0.8  # ... and 50 % of it
+  semantic[:, 80:90] = 0.6  # a third of gt 3
+  maps = {"class-agnostic": class_agnostic, "semantic": semantic}
+  r = analysis.missed_objects(gt, gt_valid, det, scores, det_valid, maps, min_side=20)
+  np.testing.assert_array_equal(r["detected"], [True, False, False, False, False])
+  np.testing.assert_array_equal(r["large_missed"], [False, True, True, True, False])
+  np.testing.assert_allclose(r["coverage"]["class-agnostic"][:4], [0.0, 0.6, 0.4, 0.0])
+  np.testing.assert_allclose(r["coverage"]["semantic"][:4], [0.0, 0.35, 0.5, 1 / 3])
+  np.testing.assert_array_equal(r["recovered_by"]["class-agnostic"], [0, 1, 0, 0, 0])
+  np.testing.assert_array_equal(r["recovered_by"]["semantic"], [0, 0, 1, 0, 0])
+  np.testing.assert_array_equal(r["recovered"], [False, True, True, False, False])
+  counts = [r[k] for k in ("num_gt", "num_shown", "num_missed", "num_large", "num_large_missed",
+                           "num_recovered")]  # fmt: skip
+  assert counts == [4, 1, 3, 3, 3, 2]
   assert r["shown"].tolist() == [True, False, False]
+  # From side 21 gts 1 and 2 (side 20) are not large: only gt 3 is, and nothing recovers it.
+  r = analysis.missed_objects(gt, gt_valid, det, scores, det_valid, maps, min_side=21)
+  assert (r["num_large_missed"], r["num_recovered"]) == (1, 0)
   # Fractional boxes: pixels whose centre is inside (rows 0-1, columns 0-2: half in row 0, which
   # the mask leaves out); a box outside the image covers nothing.
   mask = np.ones((4, 4), bool)
@@ -142,6 +181,24 @@ def test_missed_objects_on_a_hand_made_image():
   np.testing.assert_allclose(
     analysis.box_coverage(np.array([[0.4, 0.4, 2.6, 2.4], [5, 5, 9, 9]]), mask), [0.5, 0.0]
   )
+  np.testing.assert_allclose(analysis.box_side(np.array([[0, 0, 16, 4], [2, 2, 1, 9]])), [8, 0])
+
+
+def test_run_labels_name_the_setting_and_fusion():
+  configs = [
+    baseline.get_config(),
+    segrpn.get_config(),
+    segrpn.get_config("no_rpn_mask"),
+    case2.get_config("roi"),
+    case2.get_config("roi"),
+  ]
+  assert analysis.run_labels(configs) == [
+    "baseline",
+    "SegRPN (no scale division), fusion roi+rpn",
+    "SegRPN without RPN_mask (no scale division)",
+    "SegRPN case2, fusion roi (run 1)",
+    "SegRPN case2, fusion roi (run 2)",
+  ]
 
 
 def _write_events(workdir, rows):
@@ -174,68 +231,3 @@ def test_curves_read_back_from_event_files(tmp_path):
     analysis.loss_series(str(tmp_path / "old"))
   with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
     analysis.read_scalars(str(tmp_path))
-
-
-# ------------------------------------------------------------------------------------------------
-# The figures on a tiny trained run.
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A 2-step SegRPN run (roi+rpn) of the tiny synthetic config."""
-  config = tiny_train_config(str(tmp_path_factory.mktemp("tfds")))
-  workdir = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(config, workdir)
-  return config, workdir
-
-
-@pytest.fixture(scope="module")
-def figures():
-  return runpy.run_path(SCRIPT, run_name="figures")["main"]
-
-
-@pytest.mark.parametrize("figure", ["rpn-maps", "proposal-filtering", "loss-curves", "fg-rois",
-                                    "scale-division", "missed-objects"])  # fmt: skip
-def test_every_figure_writes_a_png(run, figures, figure, tmp_path):
-  _, workdir = run
-  output = str(tmp_path / f"{figure}.png")
-  assert figures([figure, "--workdir", workdir, "--output", output, "--image", "1"]) == 0
-  with Image.open(output) as png:
-    assert png.format == "PNG" and png.width > 100 and png.height > 100
-
-
-def test_figure_numbers_on_the_trained_run(run):
-  config, workdir = run
-  config, model, variables = analysis.load_run(workdir, "test")
-  batch = analysis.eval_example(config, 1)
-  out = jax.device_get(api.predict(model, variables, batch["image"], fusion="roi+rpn"))
-  proposals = {k: np.asarray(v[0]) for k, v in out["proposals"].items()}
-  anchors = analysis.run_anchors(config)
-  args = (anchors, tuple(config.data.image_size), tuple(config.model.anchor.strides), proposals,
-          batch["boxes"][0], batch["valid"][0])  # fmt: skip
-  _check_filtering(analysis.proposal_filtering(*args), _recount(*args))
-  # Fig. 6's series is Fig. 6's axis: the logged fraction x 2000 at every logged step.
-  scalars = analysis.read_scalars(workdir)
-  steps, per_2000 = analysis.fg_roi_series(workdir)
-  np.testing.assert_array_equal(steps, [1, 2])
-  np.testing.assert_allclose(per_2000, 2000 * scalars["train/fg_roi_fraction"][1], rtol=1e-6)
-  maps = analysis.rpn_map_images(jax.device_get(api.rpn_maps(model, variables, batch["image"])))
-  assert maps["P4"]["fused_objectness/roi+rpn"].shape == (64 // 16, 128 // 16)
-
-
-def test_bad_input_is_one_readable_error(run, figures, tmp_path, capsys):
-  config, workdir = run
-  output = str(tmp_path / "x.png")
-  assert figures(["rpn-maps", "--workdir", workdir, "--output", output, "--image", "4"]) == 2
-  assert "image 4 is not in the validation split, which has 4 images" in capsys.readouterr().err
-  empty = str(tmp_path / "empty")
-  checkpointing.save_config(empty, config)  # a run that never saved a checkpoint
-  assert figures(["missed-objects", "--workdir", empty, "--output", output]) == 2
-  assert "has no checkpoint" in capsys.readouterr().err
-  baseline = config.copy_and_resolve_references()
-  baseline.model.class_agnostic = False
-  checkpointing.save_config(str(tmp_path / "baseline"), baseline)
-  assert figures(["loss-curves", "--workdir", str(tmp_path / "baseline"), "--output", output]) == 2
-  assert "is a baseline run" in capsys.readouterr().err and not os.path.exists(output)
-  assert figures(["fg-rois", "--workdir", str(tmp_path), "--output", output]) == 2
-  assert "no TensorBoard event files" in capsys.readouterr().err

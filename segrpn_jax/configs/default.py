@@ -50,6 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.num_semantic_classes = 19  # Cityscapes trainIds
   m.semantic_head = True  # Panoptic-FPN semantic head
   m.class_agnostic = True  # class-agnostic module and RPN_mask (False: the paper's baseline)
+  m.rpn_mask = True  # RPN_mask on the class-agnostic module (False: the paper's Fig. 5 network)
   m.semantic_channels = 128  # semantic head conv width
   m.class_agnostic_convs = 2  # 3x3 convs per level in the class-agnostic module
   m.scale_case = "case1"  # none | case1 | case2 | case3 (docs/architecture.md, eqs. 3-5)

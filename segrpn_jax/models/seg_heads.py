@@ -14,7 +14,8 @@ exact size of the next finer map so that sizes not divisible by 64 still line up
   Class-agnostic module, one stack of its own per level l = 2..6 (the levels see different
   object scales, so their weights are not shared), K = config.model.class_agnostic_convs,
   C = config.model.fpn_channels:
-    P_l -> (conv3x3-GN-ReLU) x K -> M_l [B, H_l, W_l, C]    (input of RPN_mask on level l)
+    P_l -> (conv3x3-GN-ReLU) x K -> M_l [B, H_l, W_l, C]    (input of RPN_mask on level l;
+                                                              without RPN_mask, of the two below)
     M_l -> conv1x1 -> level logit map [B, H_l, W_l]          (loss class_agnostic: BCE against
                                                               the scale-specific targets of l)
     M_l -> conv1x1 to S -> bilinear resize to stride 4       -> q_l   ("P<l>_prior")
@@ -118,7 +119,7 @@ class ClassAgnosticModule(nn.Module):
   """Multi-scale class-agnostic (foreground/background) module, one conv stack per level.
 
   Attributes:
-    channels: width of the per-level features M_l (the input of RPN_mask).
+    channels: width of the per-level features M_l (the input of RPN_mask, when it is built).
     num_convs: conv3x3-GN-ReLU layers per level.
     map_channels: width S of the stride-4 sum q (the semantic head's prior and the input of the
       class-agnostic map predictor).

@@ -19,7 +19,10 @@ head with the 'sampling' rng (one key per image and purpose), so that `losses.se
 pure function of the outputs and the batch.
 
 The baseline (config.model.class_agnostic False) builds neither the class-agnostic module nor
-RPN_mask; config.model.semantic_head False drops the semantic head (plain Faster R-CNN).
+RPN_mask; config.model.rpn_mask False keeps the class-agnostic module and its prior to the
+semantic head but builds no RPN_mask (the paper's Fig. 5 network, "when RPN_mask is not
+attached"; fusion 'none' only); config.model.semantic_head False drops the semantic head (plain
+Faster R-CNN).
 """
 
 import functools
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from segrpn_jax import errors
 from segrpn_jax.models import rpn as rpn_lib
 from segrpn_jax.models.fpn import FPN, LEVELS, ROI_LEVELS
 from segrpn_jax.models.resnet import ResNet
@@ -68,6 +72,42 @@ def compute_dtype(name: str):
   return DTYPES[name]
 
 
+def has_rpn_mask(model_config: ml_collections.ConfigDict) -> bool:
+  """Whether a model has RPN_mask: the class-agnostic module and config.model.rpn_mask (a run
+  saved before that key existed has RPN_mask).
+
+  Args:
+    model_config: config.model.
+  """
+  return bool(model_config.class_agnostic and model_config.get("rpn_mask", True))
+
+
+def check_fusion(model_config: ml_collections.ConfigDict, fusion: str, where: str) -> str:
+  """`rpn.check_fusion` for a model config, with one readable error for a fusion on a model
+  without RPN_mask.
+
+  Args:
+    model_config: config.model.
+    fusion: the requested fusion.
+    where: the config key or argument that carried it, for the message.
+
+  Returns:
+    `fusion` unchanged.
+
+  Raises:
+    errors.ConfigError: a fusion other than 'none' with config.model.rpn_mask False.
+    ValueError: not a fusion, or a fusion on the baseline (`rpn.check_fusion`).
+  """
+  mask = has_rpn_mask(model_config)
+  if model_config.class_agnostic and not mask and fusion in rpn_lib.FUSIONS[1:]:
+    raise errors.ConfigError(
+      f"{where} = {fusion!r} fuses RPN_mask into RPN_det, but config.model.rpn_mask = False "
+      "(SegRPN without RPN_mask, which builds none); set the fusion to 'none', or "
+      "config.model.rpn_mask = True."
+    )
+  return rpn_lib.check_fusion(fusion, where, has_mask=mask)
+
+
 class SegRPN(nn.Module):
   """The whole network.
 
@@ -79,12 +119,20 @@ class SegRPN(nn.Module):
   config: ml_collections.FrozenConfigDict
   image_size: tuple[int, int]
 
+  @property
+  def has_rpn_mask(self) -> bool:
+    """Whether RPN_mask is built (see `has_rpn_mask`)."""
+    return has_rpn_mask(self.config)
+
   def setup(self):
     m = self.config
     dtype = compute_dtype(m.dtype)
     num_anchors = len(m.anchor.aspect_ratios)
-    rpn_lib.check_fusion(m.fusion.train, "config.model.fusion.train")
-    rpn_lib.check_fusion(m.fusion.inference, "config.model.fusion.inference")
+    for key in ("train", "inference"):
+      if m.class_agnostic:
+        check_fusion(m, m.fusion[key], f"config.model.fusion.{key}")
+      else:  # the baseline's fusion is refused where it is used (see `_scores`)
+        rpn_lib.check_fusion(m.fusion[key], f"config.model.fusion.{key}")
     self.backbone = ResNet(
       depth=resnet_depth(m.backbone),
       norm=m.norm,
@@ -101,6 +149,7 @@ class SegRPN(nn.Module):
         map_channels=m.semantic_channels,
         dtype=dtype,
       )
+    if self.has_rpn_mask:
       self.rpn_mask = rpn_lib.RPNHead(m.fpn_channels, num_anchors, dtype=dtype)
     if m.semantic_head:
       self.semantic_head = SemanticHead(m.num_semantic_classes, m.semantic_channels, dtype=dtype)
@@ -137,7 +186,8 @@ class SegRPN(nn.Module):
       mask_inputs, ca_logits, prior, map_logits = self.class_agnostic(pyramid)
       trunk["class_agnostic_logits"] = [x.astype(jnp.float32) for x in ca_logits]
       trunk["class_agnostic_map_logits"] = map_logits.astype(jnp.float32)
-      trunk["mask_features"] = self.rpn_mask.features(mask_inputs)
+      if self.has_rpn_mask:
+        trunk["mask_features"] = self.rpn_mask.features(mask_inputs)
     if self.config.semantic_head:
       trunk["semantic_logits"] = self.semantic_head(pyramid, prior).astype(jnp.float32)
     return trunk
@@ -213,7 +263,7 @@ class SegRPN(nn.Module):
     m = self.config
     if fusion is None:
       fusion = m.fusion.train if train else m.fusion.inference
-    rpn_lib.check_fusion(fusion, "fusion")
+    check_fusion(self.config, fusion, "fusion")
     if train and targets is None:
       raise ValueError("SegRPN(train=True) needs targets=batch (boxes, classes, valid).")
     trunk = self._trunk(images, train)
@@ -245,11 +295,11 @@ class SegRPN(nn.Module):
       `__call__(train=False, fusion=fusion)`.
 
     Raises:
-      ValueError: a fusion is not one of rpn.FUSIONS, or is not 'none' on a model without the
-        class-agnostic module (no RPN_mask to fuse with).
+      ValueError: a fusion is not one of rpn.FUSIONS, or is not 'none' on a model without
+        RPN_mask (the baseline, or config.model.rpn_mask False: errors.ConfigError).
     """
     for fusion in fusions:
-      rpn_lib.check_fusion(fusion, "fusions", has_mask=self.config.class_agnostic)
+      check_fusion(self.config, fusion, "fusions")
     trunk = self._trunk(images, train=False)
     out = {}
     for fusion in fusions:
@@ -259,7 +309,7 @@ class SegRPN(nn.Module):
 
   def _scores(self, trunk: dict, fusion: str) -> dict:
     """The anchor scores of both RPNs under `fusion` (see rpn.fused_scoring)."""
-    mask_head = self.rpn_mask if self.config.class_agnostic else None
+    mask_head = self.rpn_mask if self.has_rpn_mask else None
     return rpn_lib.fused_scoring(
       self.rpn_det, trunk["det_features"], fusion, mask_head, trunk.get("mask_features")
     )
@@ -354,7 +404,7 @@ class SegRPN(nn.Module):
 
     out = {"rpn_targets": {"labels": labels, "deltas": target_deltas}}
     out["rpn_det"] = rpn_outputs(scores["logits"], scores["deltas"], keys[:, 0])
-    if m.class_agnostic:
+    if self.has_rpn_mask:
       out["rpn_mask"] = rpn_outputs(scores["mask_logits"], scores["mask_deltas"], keys[:, 1])
 
     o = m.roi
@@ -415,7 +465,7 @@ class SegRPN(nn.Module):
         "rpn_det_logits": det,
         "rpn_det_objectness": jax.nn.sigmoid(det.astype(jnp.float32)),
       }
-      if self.config.class_agnostic:
+      if self.has_rpn_mask:
         f_mask = trunk["mask_features"][i]
         mask = self.rpn_mask.objectness(f_mask)
         fused_features = f_det + f_det * f_mask
@@ -433,3 +483,37 @@ class SegRPN(nn.Module):
         )
       maps[name] = jax.tree.map(lambda x: x.astype(jnp.float32), level)
     return maps
+
+  def proposal_filtering(self, images, fusion: str) -> dict:
+    """Every anchor's proposal before filtering, and the proposals training keeps (Fig. 3b).
+
+    Call it as `model.apply(variables, images, fusion, method=SegRPN.proposal_filtering)`.
+
+    Args:
+      images: [B, H, W, 3].
+      fusion: the fusion of the anchor scoring (static).
+
+    Returns:
+      dict, float32 unless stated:
+        decoded_boxes [B, N, 4]: every anchor's box decoded with the fused deltas and clipped
+          to the image, as proposal generation decodes, but before its per-level top-k, size
+          filter and NMS; in the order of the concatenated anchors (level, y, x, anchor);
+        logits [B, N] and deltas [B, N, 4]: the fused anchor scores that rank and decode them;
+        proposals: what `__call__(train=True)` proposes from them, with the training counts
+          (config.model.rpn pre_nms_topk_train per level, post_nms_topk_train per image), as
+          `rpn.propose` returns it (boxes, logits, scores, valid, levels, anchor_indices).
+    """
+    check_fusion(self.config, fusion, "fusion")
+    trunk = self._trunk(images, train=False)
+    scores = self._scores(trunk, fusion)
+    logits = scores["logits"].astype(jnp.float32)
+    deltas = scores["deltas"].astype(jnp.float32)
+    anchors_nx4 = jnp.asarray(np.concatenate(self.anchors(), axis=0))
+    decoded = box_ops.decode(anchors_nx4[None], deltas, tuple(self.config.rpn.box_weights))
+    height, width = self.image_size
+    return {
+      "decoded_boxes": box_ops.clip(decoded, height, width),
+      "logits": logits,
+      "deltas": deltas,
+      "proposals": self._proposals(scores, train=True),
+    }

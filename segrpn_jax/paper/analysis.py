@@ -1,24 +1,27 @@
 """The numbers behind the paper's figures, computed on the host in NumPy
 (segrpn_jax.paper.figures draws them).
 
-- `rpn_map_images`: per level, the RPN feature maps (channel mean) and objectness (max over a
-  position's anchors) of RPN_det, RPN_mask and the fusions (Figs. 1 and 3a).
-- `proposal_filtering`: per level, where the anchors that overlap a ground truth sit before
-  filtering, and where the true / false positive proposals come from after top-k and NMS
-  (Fig. 3b).
-- `read_scalars`, `loss_series`, `fg_roi_series`: training curves from a run's TensorBoard event
-  files (Figs. 4 and 6).
+- `rpn_map_images`: per level, the RPN feature map (channel mean) and the three ROI probability
+  maps, one per aspect ratio, under a fusion (Figs. 1 and 3a).
+- `filtering_outputs`, `proposal_filtering`: per level, the positions whose proposals (every
+  anchor's decoded box, before top-k and NMS) overlap a ground truth, and where the true / false
+  positive proposals of the run's training proposal count come from after filtering (Fig. 3b).
+- `read_scalars`, `loss_series`, `fg_roi_series`, `run_label`: training curves from a run's
+  TensorBoard event files and the setting that names the run (Figs. 4 and 6).
 - `scale_division`: one image's class-agnostic ground truth divided into levels 2..6 by a scale
   case (Fig. 7).
-- `missed_objects`: ground truths the detector misses but the class-agnostic map covers (Fig. 5).
+- `missed_objects`: large ground truths the detector misses but the class-agnostic or the
+  semantic foreground covers (Fig. 5).
 - `load_run`, `eval_example`: a run and one evaluation image, with one readable error for a
   workdir, an image index or a run that does not fit the figure.
 """
 
+import functools
 import glob
 import math
 import os
 
+import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -52,12 +55,18 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def require_rpn_mask(config: ml_collections.ConfigDict, workdir: str, figure: str) -> None:
-  """Raises a readable error when a figure needs RPN_mask but the run is the baseline."""
-  if not config.model.class_agnostic:
-    raise ValueError(
-      f"{workdir} is a baseline run (config.model.class_agnostic False), which has no RPN_mask; "
-      f"the {figure} figure needs a SegRPN run (configs/segrpn.py or configs/case*.py)."
-    )
+  """Raises a readable error when a figure needs RPN_mask but the run has none."""
+  if segrpn_lib.has_rpn_mask(config.model):
+    return
+  what = (
+    "a baseline run (config.model.class_agnostic False)"
+    if not config.model.class_agnostic
+    else "a SegRPN run without RPN_mask (config.model.rpn_mask False)"
+  )
+  raise ValueError(
+    f"{workdir} is {what}, which has no RPN_mask; the {figure} figure needs a SegRPN run "
+    "with RPN_mask (configs/segrpn.py or configs/case*.py)."
+  )
 
 
 def load_run(workdir: str, figure: str, needs_rpn_mask: bool = False):
@@ -144,31 +153,39 @@ def run_anchors(config: ml_collections.ConfigDict) -> list[np.ndarray]:
 # Figs. 1 and 3a: RPN maps.
 
 
-def rpn_map_images(maps: dict, index: int = 0) -> dict:
-  """The 2-D maps of Figs. 1 and 3a for one image of an `api.rpn_maps` result.
+def rpn_map_images(maps: dict, fusion: str = "none", index: int = 0) -> dict:
+  """The 2-D maps of Figs. 1 and 3a for one image of an `api.rpn_maps` result, under a fusion.
+
+  The paper's Fig. 3a shows per level "a single RPN feature map and three ROI probability maps
+  corresponding to each of the three aspect ratios". Here the feature map is the one RPN_det's
+  1x1 convs read under `fusion` (F_det, or F_det + F_det * F_mask under 'rpn' and 'roi+rpn'),
+  averaged over its channels, and the probability maps are those that rank the anchors under
+  `fusion`, one per aspect ratio.
 
   Args:
     maps: `api.rpn_maps(model, variables, images)`.
+    fusion: 'none', 'rpn', 'roi' or 'roi+rpn'; anything but 'none' needs RPN_mask.
     index: the image within the batch.
 
   Returns:
-    {'P2': {...}, ..., 'P6': {...}}, per level [H_l, W_l] float arrays: rpn_det_features (the
-    mean over channels of F_det), rpn_det_objectness (the max over the position's anchors), and
-    with RPN_mask rpn_mask_features, rpn_mask_objectness and fused_objectness/<fusion> for
-    'rpn', 'roi' and 'roi+rpn'.
+    {'P2': {...}, ..., 'P6': {...}}, per level features [H_l, W_l] and objectness [A, H_l, W_l]
+    (probabilities, in the order of config.model.anchor.aspect_ratios), float32.
+
+  Raises:
+    ValueError: a fusion other than 'none' on a run without RPN_mask.
   """
   out = {}
   for level, m in maps.items():
-    images = {
-      "rpn_det_features": np.asarray(m["rpn_det_features"][index]).mean(-1),
-      "rpn_det_objectness": np.asarray(m["rpn_det_objectness"][index]).max(-1),
+    if fusion != "none" and "fused_objectness" not in m:
+      raise ValueError(
+        f"fusion {fusion!r} needs RPN_mask, which the run has not; pass --fusion none."
+      )
+    features = m["fused_features"] if fusion in ("rpn", "roi+rpn") else m["rpn_det_features"]
+    objectness = m["rpn_det_objectness"] if fusion == "none" else m["fused_objectness"][fusion]
+    out[level] = {
+      "features": np.asarray(features[index], np.float32).mean(-1),
+      "objectness": np.moveaxis(np.asarray(objectness[index], np.float32), -1, 0),
     }
-    if "rpn_mask_features" in m:
-      images["rpn_mask_features"] = np.asarray(m["rpn_mask_features"][index]).mean(-1)
-      images["rpn_mask_objectness"] = np.asarray(m["rpn_mask_objectness"][index]).max(-1)
-      for fusion, objectness in m["fused_objectness"].items():
-        images[f"fused_objectness/{fusion}"] = np.asarray(objectness[index]).max(-1)
-    out[level] = images
   return out
 
 
@@ -189,8 +206,32 @@ def box_iou(a_nx4: np.ndarray, b_mx4: np.ndarray) -> np.ndarray:
   return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "fusion"))
+def filtering_outputs(model: segrpn_lib.SegRPN, variables: dict, images, fusion: str) -> dict:
+  """`SegRPN.proposal_filtering`: every anchor's decoded box, the fused anchor scores and the
+  training proposals of a batch under `fusion` (jitted; model and fusion static)."""
+  return model.apply(variables, images, fusion, method=segrpn_lib.SegRPN.proposal_filtering)
+
+
+def split_levels(per_anchor: np.ndarray, anchors_by_level: list[np.ndarray]) -> list[np.ndarray]:
+  """Splits a per-anchor array of one image ([N, ...], concatenated-anchor order) by level."""
+  sizes = [len(a) for a in anchors_by_level]
+  if sum(sizes) != len(per_anchor):
+    raise ValueError(f"{len(per_anchor)} per-anchor values but {sum(sizes)} anchors.")
+  return np.split(np.asarray(per_anchor), np.cumsum(sizes)[:-1])
+
+
+def iou_above(a_nx4: np.ndarray, b_mx4: np.ndarray, threshold: float, chunk: int = 8192):
+  """[N, M] bool: box_iou(a, b) > threshold, computed in row chunks (N may be every anchor)."""
+  a = np.asarray(a_nx4).reshape(-1, 4)
+  out = np.zeros((len(a), len(np.asarray(b_mx4).reshape(-1, 4))), bool)
+  for i in range(0, len(a), chunk):
+    out[i : i + chunk] = box_iou(a[i : i + chunk], b_mx4) > threshold
+  return out
+
+
 def proposal_filtering(
-  anchors_by_level: list[np.ndarray],
+  decoded_by_level: list[np.ndarray],
   image_size: tuple[int, int],
   strides: tuple[int, ...],
   proposals: dict,
@@ -201,66 +242,81 @@ def proposal_filtering(
 ) -> dict:
   """Per level, where the objects are before proposal filtering and what survives it (Fig. 3b).
 
+  The paper: "yellow points denote pixels with proposals having an overlap of greater than 0.5
+  with the ground truth bounding box before filtering. Red and green points are pixels denoting
+  false positives (FPs) and true positives (TPs) respectively, after filtering."
+
   Definitions (per level l, one image; IoU with the valid ground truths only):
-    before: [H_l, W_l] bool, positions where any of the position's anchors has IoU > threshold
-      with some ground truth: the anchors that could become good proposals before top-k/NMS.
+    before (yellow): [H_l, W_l] bool, positions where the decoded box (proposal before top-k and
+      NMS) of any of the position's anchors has IoU > threshold with some ground truth.
     tp / fp: [H_l, W_l] bool, the positions whose anchor made a kept proposal (after top-k and
-      NMS) that is a true positive (the proposal box has IoU > threshold with some ground truth)
-      / a false positive (no ground truth above threshold). A position can be both.
-    num_tp, num_fp: the numbers of kept proposals of level l that are TP / FP (proposals, not
-      positions).
-    num_fn: the number of ground truths g that level l could have found (some level-l anchor
-      has IoU > threshold with g) but that no TP proposal of level l covers (no kept level-l
-      proposal has IoU > threshold with g).
-    num_gt: the number of ground truths some level-l anchor has IoU > threshold with.
+      NMS) that is a true positive (IoU > threshold with some ground truth) / a false positive
+      (no ground truth above threshold). A position can be both.
+    num_positive: the number of level-l proposals before filtering (decoded boxes, one per
+      anchor) with IoU > threshold with some ground truth: the proposals behind `before`.
+    num_tp, num_fp: the numbers of kept proposals of level l that are TP / FP.
+    num_fn: the positive proposals before filtering that filtering dropped (num_positive less
+      the kept ones among them). The paper counts "the exact number of proposals belonging to
+      TPs, FPs and FNs"; all three count proposals, not positions or objects.
+    num_gt: the number of ground truths some proposal of level l overlaps before filtering.
+    num_gt_lost: those of them no kept level-l proposal overlaps.
+    num_before: the number of positions in `before`.
 
   Args:
-    anchors_by_level: per level [H_l * W_l * A, 4] anchors in (y, x, anchor) order.
+    decoded_by_level: per level [H_l * W_l * A, 4] decoded (and clipped) boxes of every anchor,
+      in (y, x, anchor) order (`split_levels` of filtering_outputs' decoded_boxes).
     image_size: (height, width) of the input.
     strides: the stride of each level; H_l = ceil(height / stride).
-    proposals: one image's proposals: boxes [P, 4], valid [P], levels [P] (first_level..,
+    proposals: one image's kept proposals: boxes [P, 4], valid [P], levels [P] (first_level..,
       -1 padding), anchor_indices [P] (into the concatenated anchors).
     gt_boxes: [N, 4] ground-truth boxes.
     gt_valid: [N] bool.
     iou_threshold: the IoU a match must exceed.
-    first_level: the FPN level of anchors_by_level[0].
+    first_level: the FPN level of decoded_by_level[0].
 
   Returns:
-    {level (int): {'before', 'tp', 'fp', 'num_tp', 'num_fp', 'num_fn', 'num_gt'}}.
+    {level (int): {'before', 'tp', 'fp', 'num_positive', 'num_tp', 'num_fp', 'num_fn', 'num_gt',
+    'num_gt_lost', 'num_before'}}.
   """
   gt = np.asarray(gt_boxes, np.float64)[np.asarray(gt_valid, bool)]
   valid = np.asarray(proposals["valid"], bool)
   boxes = np.asarray(proposals["boxes"], np.float64)[valid]
   levels = np.asarray(proposals["levels"])[valid]
   anchor_indices = np.asarray(proposals["anchor_indices"])[valid]
-  proposal_iou = box_iou(boxes, gt) > iou_threshold  # [P, G]
+  proposal_iou = iou_above(boxes, gt, iou_threshold)  # [P, G]
   is_tp = proposal_iou.any(axis=1)
   offset = 0
   out = {}
-  for j, (anchors, stride) in enumerate(zip(anchors_by_level, strides, strict=True)):
+  for j, (decoded, stride) in enumerate(zip(decoded_by_level, strides, strict=True)):
     level = first_level + j
     h, w = math.ceil(image_size[0] / stride), math.ceil(image_size[1] / stride)
-    num_anchors = anchors.shape[0] // (h * w)
-    anchor_hit = box_iou(anchors, gt) > iou_threshold  # [N_l, G]
-    before = anchor_hit.reshape(h, w, num_anchors, -1).any(axis=(2, 3))
+    num_anchors = decoded.shape[0] // (h * w)
+    hit = iou_above(decoded, gt, iou_threshold)  # [N_l, G]
+    positive = hit.any(axis=1)  # [N_l]
+    before = positive.reshape(h, w, num_anchors).any(axis=2)
     here = levels == level
+    kept = np.zeros(len(decoded), bool)
+    kept[anchor_indices[here] - offset] = True
     position = (anchor_indices[here] - offset) // num_anchors  # y * w + x
     tp_map = np.zeros(h * w, bool)
     fp_map = np.zeros(h * w, bool)
     tp_map[position[is_tp[here]]] = True
     fp_map[position[~is_tp[here]]] = True
-    reachable = anchor_hit.any(axis=0)  # [G]
-    found = (proposal_iou[here] & is_tp[here, None]).any(axis=0)
+    reachable = hit.any(axis=0)  # [G]
+    found = proposal_iou[here].any(axis=0)
     out[level] = {
       "before": before,
       "tp": tp_map.reshape(h, w),
       "fp": fp_map.reshape(h, w),
+      "num_positive": int(positive.sum()),
       "num_tp": int(is_tp[here].sum()),
       "num_fp": int((~is_tp[here]).sum()),
-      "num_fn": int((reachable & ~found).sum()),
+      "num_fn": int((positive & ~kept).sum()),
       "num_gt": int(reachable.sum()),
+      "num_gt_lost": int((reachable & ~found).sum()),
+      "num_before": int(before.sum()),
     }
-    offset += anchors.shape[0]
+    offset += decoded.shape[0]
   return out
 
 
@@ -366,6 +422,39 @@ def fg_roi_series(workdir: str) -> tuple[np.ndarray, np.ndarray]:
   )
 
 
+def run_label(config: ml_collections.ConfigDict) -> str:
+  """A run's name in a legend (Fig. 6): its paper setting and training fusion, from its config.
+
+  Args:
+    config: the run's config.
+
+  Returns:
+    e.g. 'baseline', 'SegRPN (no scale division), fusion roi+rpn', 'SegRPN case2, fusion roi',
+    'SegRPN without RPN_mask (no scale division)'.
+  """
+  m = config.model
+  if not m.class_agnostic:
+    return "baseline" if m.semantic_head else "Faster R-CNN (no semantic head)"
+  scale = "(no scale division)" if m.scale_case == "none" else m.scale_case
+  if not segrpn_lib.has_rpn_mask(m):
+    return f"SegRPN without RPN_mask {scale}"
+  return f"SegRPN {scale}, fusion {m.fusion.train}"
+
+
+def run_labels(configs: list[ml_collections.ConfigDict]) -> list[str]:
+  """`run_label` of each run; runs of the same setting are told apart as 'run 1', 'run 2'."""
+  labels = [run_label(c) for c in configs]
+  counts = {label: labels.count(label) for label in labels}
+  seen: dict[str, int] = {}
+  out = []
+  for label in labels:
+    if counts[label] > 1:
+      seen[label] = seen.get(label, 0) + 1
+      label = f"{label} (run {seen[label]})"
+    out.append(label)
+  return out
+
+
 # ------------------------------------------------------------------------------------------------
 # Fig. 7: scale division.
 
@@ -421,24 +510,33 @@ def scale_division(
 # Fig. 5: objects the detector misses but the class-agnostic map finds.
 
 
-def foreground_map(outputs: dict) -> tuple[str, np.ndarray]:
-  """The binary-map probability Fig. 5 uses: the class-agnostic map, or for the baseline the
-  semantic head's thing probability.
+FOREGROUND_MAPS = {"class-agnostic": "class_agnostic_prob", "semantic": "semantic_foreground_prob"}
+
+
+def foreground_maps(outputs: dict, index: int = 0) -> dict[str, np.ndarray]:
+  """The foreground probabilities Fig. 5 compares with the detections, for one image.
 
   Args:
     outputs: `api.predict` outputs.
+    index: the image within the batch.
 
   Returns:
-    (output key, [B, H, W] probabilities).
+    {'class-agnostic': [H, W] (the class-agnostic map, with the class-agnostic module),
+     'semantic': [H, W] (the semantic head's total thing probability, with a semantic head)}.
+
+  Raises:
+    ValueError: a run with neither map.
   """
-  for key in api.FOREGROUND_KEYS:
-    if key in outputs:
-      return key, np.asarray(outputs[key])
-  raise ValueError(
-    "the run has neither a class-agnostic module nor a semantic head, so there is no "
-    "foreground map; the missed-objects figure needs config.model.semantic_head or "
-    "config.model.class_agnostic."
-  )
+  out = {
+    name: np.asarray(outputs[key][index]) for name, key in FOREGROUND_MAPS.items() if key in outputs
+  }
+  if not out:
+    raise ValueError(
+      "the run has neither a class-agnostic module nor a semantic head, so there is no "
+      "foreground map; the missed-objects figure needs config.model.semantic_head or "
+      "config.model.class_agnostic."
+    )
+  return out
 
 
 def box_coverage(boxes_nx4: np.ndarray, mask_hxw: np.ndarray) -> np.ndarray:
@@ -466,50 +564,78 @@ def box_coverage(boxes_nx4: np.ndarray, mask_hxw: np.ndarray) -> np.ndarray:
   return out
 
 
+def box_side(boxes_nx4: np.ndarray) -> np.ndarray:
+  """sqrt(box area) in pixels, the side a box's scale is measured by (as the scale cases)."""
+  b = np.asarray(boxes_nx4, np.float64).reshape(-1, 4)
+  return np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
+
+
 def missed_objects(
   gt_boxes: np.ndarray,
   gt_valid: np.ndarray,
   det_boxes: np.ndarray,
   det_scores: np.ndarray,
   det_valid: np.ndarray,
-  foreground_prob: np.ndarray,
+  foreground: dict[str, np.ndarray],
+  min_side: float = 64.0,
   score_threshold: float = 0.5,
   iou_threshold: float = 0.5,
   prob_threshold: float = 0.5,
   min_coverage: float = 0.5,
 ) -> dict:
-  """Ground truths without a detection that the foreground map covers (Fig. 5), one image.
+  """Large ground truths the detector misses but a segmentation output covers (Fig. 5), one image.
 
-  A ground truth is detected when a valid detection with score >= score_threshold, of any
-  class, has IoU >= iou_threshold with it. A missed one is recovered when at least
-  min_coverage of its box's pixels have foreground_prob > prob_threshold.
+  The paper: "Green boxes represent large objects which are missed by the object detection
+  branch but recovered by the semantic and class-agnostic segmentation branches." Our
+  definitions: a ground truth is large when sqrt(box area) >= min_side input pixels; it is
+  detected when a valid detection with score >= score_threshold, of any class, has
+  IoU >= iou_threshold with it; a large missed one is recovered by a map when at least
+  min_coverage of its box's pixels have probability > prob_threshold there, and recovered when
+  any map recovers it.
 
   Args:
     gt_boxes: [N, 4]; gt_valid: [N] bool.
     det_boxes: [D, 4]; det_scores: [D]; det_valid: [D] bool.
-    foreground_prob: [H, W] the class-agnostic (or semantic thing) probability.
+    foreground: name -> [H, W] foreground probability (`foreground_maps`).
+    min_side: the side from which an object is large, in input pixels.
     score_threshold: detections below it are not drawn and do not count.
     iou_threshold: the IoU of a detection that finds a ground truth.
-    prob_threshold: the foreground decision of the map.
-    min_coverage: the fraction of a box the map must cover.
+    prob_threshold: the foreground decision of the maps.
+    min_coverage: the fraction of a box a map must cover.
 
   Returns:
-    dict with detected, missed, recovered [N] bool (False on padding), coverage [N] float,
-    shown [D] bool (the detections that count) and num_missed, num_recovered.
+    dict with, per ground truth ([N] bool, False on padding): detected, missed, large,
+    large_missed, recovered; coverage {name: [N] float}, recovered_by {name: [N] bool}; shown
+    [D] bool (the detections that count); and the counts num_gt, num_shown, num_missed,
+    num_large, num_large_missed, num_recovered.
   """
   gt_valid = np.asarray(gt_valid, bool)
   shown = np.asarray(det_valid, bool) & (np.asarray(det_scores) >= score_threshold)
   iou = box_iou(gt_boxes, np.asarray(det_boxes)[shown])
   detected = gt_valid & (iou >= iou_threshold).any(axis=1)
   missed = gt_valid & ~detected
-  coverage = box_coverage(gt_boxes, np.asarray(foreground_prob) > prob_threshold)
-  recovered = missed & (coverage >= min_coverage)
+  large = gt_valid & (box_side(gt_boxes) >= min_side)
+  large_missed = large & missed
+  coverage = {
+    k: box_coverage(gt_boxes, np.asarray(p) > prob_threshold) for k, p in foreground.items()
+  }
+  recovered_by = {k: large_missed & (c >= min_coverage) for k, c in coverage.items()}
+  recovered = np.zeros_like(large_missed)
+  for by_map in recovered_by.values():
+    recovered |= by_map
   return {
     "detected": detected,
     "missed": missed,
+    "large": large,
+    "large_missed": large_missed,
     "recovered": recovered,
     "coverage": coverage,
+    "recovered_by": recovered_by,
     "shown": shown,
+    "num_gt": int(gt_valid.sum()),
+    "num_shown": int(shown.sum()),
     "num_missed": int(missed.sum()),
+    "num_large": int(large.sum()),
+    "num_large_missed": int(large_missed.sum()),
     "num_recovered": int(recovered.sum()),
   }
