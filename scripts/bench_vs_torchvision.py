@@ -14,6 +14,7 @@ post-processing) and each contender, the wall time of one step on one random bat
                norm_layer=FrozenBatchNorm2d) through _resnet_fpn_extractor(trainable_layers=3)
   ours-det     configs/baseline.py with model.semantic_head = False: our Faster R-CNN
   ours-segrpn  configs/case1.py: SegRPN, class-agnostic module, RPN_mask, roi+rpn fusion
+(`segrpn_jax.benchmark.paper_config`, the config every bench script measures.)
 
 Every (contender, mode) runs in its own process (this script re-invoked with --worker), so that
 no framework's threads, allocator or caches disturb another's. A worker makes `--warmup` calls
@@ -26,8 +27,9 @@ implied GFLOP/s. XLA counts every operation, NMS loops once per loop body; no FL
 for torch.
 
 "Same work": the torchvision model is built with our settings (read from configs/default.py):
-  - ResNet-50 v1.5 with frozen BatchNorm, stem and res2 frozen (our freeze_at=2: torchvision's
-    trainable_layers=3 trains layer2..layer4), FPN P2..P5 + P6 by max pool, 256 channels;
+  - ResNet-50 v1.5 with frozen BatchNorm, the config's frozen stages (freeze_at=2, the stem and
+    res2: torchvision's trainable_layers=3 trains layer2..layer4; freeze_at=0: all five train),
+    FPN P2..P5 + P6 by max pool, 256 channels;
   - anchors 32..512, one size per level, aspect ratios 0.5, 1, 2; RPN IoU 0.3 / 0.7, 256 anchors
     per image with at most half positive; pre-NMS top-k per level 2000 (train) / 1000 (test),
     post-NMS top-k per image 2000 / 1000, NMS 0.7 per level; RPN box weights 1, 1, 1, 1;
@@ -49,14 +51,14 @@ Denormals: a randomly initialised frozen-BN network produces denormal floats, on
 slow; XLA flushes them to zero, torch computes them unless told not to, which has been seen to
 make torch 2-3x slower on this model (at 128x256 on one thread it cost 5-15 %, train and
 inference). The torchvision worker calls torch.set_flush_denormal(True) before anything else,
-so that its threads inherit the setting, and torch.set_num_threads(--torch-threads: cores).
+so that its threads inherit the setting, and torch.set_num_threads(--torch_threads: cores).
 
 Load: other processes on the machine slow every contender, but not equally. torch's OpenMP
 splits each op statically over its threads and waits for all of them, so when a thread is
 descheduled the op waits for it (on 2 cores with a load average of 5, a 67 MFLOP 1x1 conv took
 31 ms, and torchvision's inference at 128x256 took 4.0 s with 2 threads, 0.9 s with 1); XLA's
 thread pool shares out small tasks, so a descheduled thread delays it less. The load average is
-printed with the table, with a warning when the machine was busy at the start; `--torch-threads
+printed with the table, with a warning when the machine was busy at the start; `--torch_threads
 1` shows how much of torch's time that is.
 """
 
@@ -251,19 +253,14 @@ def _our_config(contender: str, size: tuple[int, int], batch_size: int):
   Returns:
     The ml_collections config.
   """
-  from segrpn_jax.configs import baseline, case1
+  from segrpn_jax import benchmark  # here, not at the top: importing the script loads no JAX
 
-  if contender in (OURS_DET, TORCHVISION):
-    config = baseline.get_config()
-    config.model.semantic_head = False  # detection only: the Faster R-CNN of the baseline
-  elif contender == OURS_SEGRPN:
-    config = case1.get_config()  # roi+rpn fusion by default
-  else:
+  if contender not in CONTENDERS:
     raise ValueError(f"unknown contender {contender!r}; one of {', '.join(CONTENDERS)}")
-  config.model.pretrained = ""  # random weights: the timing does not depend on their values
-  config.data.image_size = tuple(size)
-  config.train.batch_size = batch_size
-  return config
+  # The bench scripts' shared paper-size config: det = baseline without the semantic head (the
+  # Faster R-CNN torchvision's model computes), segrpn = case1 with roi+rpn fusion.
+  model = "segrpn" if contender == OURS_SEGRPN else "det"
+  return benchmark.paper_config(model, size, batch_size)
 
 
 def _run_ours(args: argparse.Namespace) -> dict:
@@ -329,11 +326,14 @@ def _torchvision_model(config, torch, torchvision):
   from torchvision.ops.misc import FrozenBatchNorm2d
 
   m = config.model
-  if m.backbone != "resnet50" or m.norm != "frozen_bn" or m.freeze_at != 2:
-    raise ValueError("the torchvision contender is ResNet-50, frozen BN, freeze_at=2 only")
+  resnet_stages = 5  # stem, layer1..layer4
+  if m.backbone != "resnet50" or m.norm != "frozen_bn" or not 0 <= m.freeze_at <= resnet_stages:
+    raise ValueError(
+      "the torchvision contender is ResNet-50 with frozen BN and freeze_at 0..5, got "
+      f"{m.backbone}, {m.norm}, freeze_at={m.freeze_at}"
+    )
   backbone = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
-  # ResNet's 5 stages (stem, layer1..4) minus freeze_at frozen ones: layer2..layer4 train.
-  resnet_stages = 5
+  # ResNet's 5 stages minus the freeze_at frozen ones train (freeze_at 2: layer2..layer4).
   backbone = _resnet_fpn_extractor(backbone, trainable_layers=resnet_stages - m.freeze_at)
   anchors = AnchorGenerator(
     sizes=tuple((s,) for s in m.anchor.sizes),
@@ -491,7 +491,7 @@ def run_worker(args: argparse.Namespace, contender: str, mode: str) -> dict:
     f"--steps={args.steps}",
     f"--warmup={args.warmup}",
     f"--seed={args.seed}",
-    f"--torch-threads={args.torch_threads}",
+    f"--torch_threads={args.torch_threads}",
   ]
   proc = subprocess.run(command, capture_output=True, text=True)
   lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
@@ -527,7 +527,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
   parser.add_argument("--seed", type=int, default=0, help="of the random batch and weights")
   parser.add_argument(
-    "--torch-threads",
+    "--torch_threads",
     type=int,
     default=os.cpu_count(),
     help="torch.set_num_threads of the torchvision worker (default: every core, as XLA)",
@@ -538,7 +538,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   for name in ("batch", "steps", "warmup", "rounds", "torch_threads"):
     if getattr(args, name) < 1:
-      parser.error(f"--{name.replace('_', '-')} must be at least 1")
+      parser.error(f"--{name} must be at least 1")
   if args.worker and not args.mode:
     parser.error("--worker needs --mode")
   return args
@@ -601,7 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
       f"warning: the machine was busy (load average {load_start:.2f} before the first worker); "
       "other processes slow torch's OpenMP more than XLA's thread pool, so the ratios favour "
-      "ours more than on an idle machine (see --torch-threads)"
+      "ours more than on an idle machine (see --torch_threads)"
     )
   losses = {
     r["contender"]: r["loss"] for r in records if r["mode"] == "train" and r["loss"] is not None

@@ -99,14 +99,28 @@ def test_table():
   assert cells(train_only)[5:] == ["-"] * 4
 
 
-def test_missing_torch_exits_with_the_cause_and_the_install_command(monkeypatch):
-  real = importlib.util.find_spec
+@pytest.mark.parametrize(
+  "absent, named",
+  [
+    (("torch",), "torch"),
+    (("torchvision",), "torchvision"),
+    (("torch", "torchvision"), "torch and torchvision"),
+  ],
+)
+def test_missing_torch_exits_with_the_cause_and_the_install_command(monkeypatch, absent, named):
+  # Each package is made absent or present here, so the outcome does not depend on what this
+  # machine has installed (find_spec is all missing_torch asks).
   monkeypatch.setattr(
-    bench.importlib.util, "find_spec", lambda name: None if name == "torch" else real(name)
+    bench.importlib.util, "find_spec", lambda name: None if name in absent else object()
   )
   message = bench.missing_torch()
-  assert message.startswith("bench_vs_torchvision: torch not installed")
+  assert message.startswith(f"bench_vs_torchvision: {named} not installed, which the")
   assert "pip install -e '.[bench]'" in message
   with pytest.raises(SystemExit) as exit_info:
     bench.main(["--steps", "1"])
   assert exit_info.value.code == message  # a string code: printed to stderr, exit status 1
+
+
+def test_with_torch_and_torchvision_present_nothing_is_missing(monkeypatch):
+  monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: object())
+  assert bench.missing_torch() is None
