@@ -1,11 +1,15 @@
 """scripts/bench_vs_torchvision.py without torch: importing it loads neither torch nor JAX, and its
-pure parts (--size, the pooled medians, the ratios and the table) on hand-made worker records."""
+pure parts (--size, the pooled medians, the ratios and the table) on hand-made worker records;
+the --device gpu plumbing (defaults, cell order, worker commands and environment, concurrent
+compilation, the quick start's results) with stand-in workers, as no GPU is needed to test it."""
 
 import argparse
 import importlib.util
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -124,3 +128,120 @@ def test_missing_torch_exits_with_the_cause_and_the_install_command(monkeypatch,
 def test_with_torch_and_torchvision_present_nothing_is_missing(monkeypatch):
   monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name: object())
   assert bench.missing_torch() is None
+
+
+def test_device_defaults():
+  cpu = bench.parse_args([])
+  assert (cpu.batch, cpu.dtype, cpu.steps, cpu.warmup, cpu.rounds, cpu.budget_s) == (
+    [1],
+    ["float32"],
+    6,
+    2,
+    2,
+    None,
+  )
+  gpu = bench.parse_args(["--device", "gpu"])
+  assert (gpu.batch, gpu.dtype, gpu.steps, gpu.warmup, gpu.rounds, gpu.budget_s) == (
+    [1, 8],
+    ["float32", "bfloat16"],
+    10,
+    3,
+    1,
+    480.0,
+  )
+  argv = ["--device", "gpu", "--batch", "2", "--dtype", "bfloat16", "--rounds", "3"]
+  given = bench.parse_args(argv)
+  assert (given.batch, given.dtype, given.rounds) == ([2], ["bfloat16"], 3)
+  with pytest.raises(SystemExit):
+    bench.parse_args(["--batch", "0"])
+
+
+def test_cells_run_the_paper_setting_first():
+  args = bench.parse_args(["--device", "gpu", "--contenders", "torchvision", "ours-det"])
+  cells = bench.cells_in_order(args)
+  assert len(cells) == 2 * 2 * 2 * 2  # batch x dtype x mode x contender
+  assert cells[:4] == [
+    (1, "float32", "train", "torchvision"),
+    (1, "float32", "train", "ours-det"),
+    (1, "float32", "infer", "torchvision"),
+    (1, "float32", "infer", "ours-det"),
+  ]
+  assert cells[-1] == (8, "bfloat16", "infer", "ours-det")
+
+
+def test_worker_command_and_environment(monkeypatch):
+  args = bench.parse_args(["--device", "gpu", "--size", "256x512"])
+  args.cache_dir = "/cache"
+  command = bench.worker_command(args, "ours-det", "train", 8, "bfloat16", compile_only=True)
+  parsed = bench.parse_args(command[2:])  # what the worker parses
+  assert (parsed.worker, parsed.mode, parsed.size, parsed.batch, parsed.dtype) == (
+    "ours-det",
+    "train",
+    (256, 512),
+    [8],
+    ["bfloat16"],
+  )
+  assert parsed.device == "gpu" and parsed.compile_only
+  monkeypatch.delenv("PYTHONPATH", raising=False)
+  env = bench.worker_env(args, compile_only=True)
+  assert env["PYTHONPATH"] == ROOT and env["JAX_PLATFORMS"] == "cuda"
+  assert env["JAX_COMPILATION_CACHE_DIR"] == "/cache"
+  assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+  assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in bench.worker_env(args)  # timing: preallocated
+  assert "JAX_PLATFORMS" not in bench.worker_env(bench.parse_args([]))  # cpu: as it was
+
+
+def test_worker_output_is_parsed_or_the_failure_shown():
+  record = {"first_s": 1.0, "steps_s": [0.5]}
+  stdout = f"noise\n{bench.RESULT_PREFIX}{json.dumps(record)}\n"
+  assert bench.parse_worker_output(0, stdout, "", "x") == record
+  with pytest.raises(
+    bench.WorkerFailed, match=r"(?s)the x worker failed \(exit code 1\).*\nline\nOOM$"
+  ):
+    bench.parse_worker_output(1, stdout, "line\nOOM", "x")
+  with pytest.raises(bench.WorkerFailed, match=r"exit code 0"):
+    bench.parse_worker_output(0, "no result", "", "x")
+
+
+def test_precompile_runs_the_jobs_concurrently_and_keeps_failures(monkeypatch):
+  # Fake workers: each sleeps 1 s and prints a record (the cell with batch 3 fails).
+  def fake_command(args, contender, mode, batch, dtype, compile_only=False):
+    assert compile_only
+    record = json.dumps({"compile_s": float(batch), "flops": 1e9})
+    code = (
+      "import sys, time; time.sleep(1); "
+      f"sys.exit(1) if {batch} == 3 else print({bench.RESULT_PREFIX!r} + {record!r})"
+    )
+    return [sys.executable, "-c", code]
+
+  monkeypatch.setattr(bench, "worker_command", fake_command)
+  args = bench.parse_args(["--device", "gpu", "--compile_jobs", "4"])
+  args.cache_dir = "/unused"
+  cells = [("ours-det", "train", b, "float32") for b in (1, 2, 3, 4)]
+  start = time.monotonic()
+  records = bench.precompile(args, cells, deadline=time.monotonic() + 60)
+  assert time.monotonic() - start < 3.5  # four 1 s jobs at once, not 4 s one after another
+  by_batch = {r["batch"]: r for r in records}
+  assert sorted(by_batch) == [1, 2, 3, 4]
+  assert by_batch[2]["compile_s"] == 2.0 and by_batch[2]["flops"] == 1e9
+  assert "exit code 1" in by_batch[3]["error"]
+  # A deadline already passed starts nothing.
+  assert bench.precompile(args, cells, deadline=time.monotonic() - 1) == []
+
+
+def test_read_quickstart(tmp_path):
+  assert bench.read_quickstart(str(tmp_path / "none")) == {
+    "metrics_step": None,
+    "metrics": None,
+    "checkpoint_steps": [],
+  }
+  for step in (400, 800):
+    (tmp_path / f"metrics_{step}.json").write_text(json.dumps({"mAP50": step / 1000}))
+  (tmp_path / "metrics_x.json").write_text("{}")
+  for name in ("200", "800", "tmp_1"):
+    (tmp_path / "checkpoints" / name).mkdir(parents=True)
+  assert bench.read_quickstart(str(tmp_path)) == {
+    "metrics_step": 800,
+    "metrics": {"mAP50": 0.8},
+    "checkpoint_steps": [200, 800],
+  }
