@@ -1,9 +1,10 @@
-"""CPU step times of our models next to torchvision's Faster R-CNN ResNet-50-FPN on the same work.
+"""Step times of our models next to torchvision's Faster R-CNN ResNet-50-FPN on the same work.
 
   pip install -e '.[bench]'                       # torch and torchvision, for benchmarks only
-  python scripts/bench_vs_torchvision.py          # 512x1024, batch 1, 6 steps x 2 rounds
+  python scripts/bench_vs_torchvision.py          # CPU: 512x1024, batch 1, 6 steps x 2 rounds
   python scripts/bench_vs_torchvision.py --size 256x512 --steps 3 --rounds 1 --json bench.json
   python scripts/bench_vs_torchvision.py --modes infer --contenders torchvision ours-det
+  python scripts/bench_vs_torchvision.py --device gpu --json gpu.json   # the prepared GPU run
 
 What it measures. For each mode (`train`: forward with targets, the summed losses, backward and
 an SGD step with momentum 0.9 and weight decay 1e-4; `infer`: the inference forward with its
@@ -16,8 +17,9 @@ post-processing) and each contender, the wall time of one step on one random bat
   ours-segrpn  configs/case1.py: SegRPN, class-agnostic module, RPN_mask, roi+rpn fusion
 (`segrpn_jax.benchmark.paper_config`, the config every bench script measures.)
 
-Every (contender, mode) runs in its own process (this script re-invoked with --worker), so that
-no framework's threads, allocator or caches disturb another's. A worker makes `--warmup` calls
+On a CPU every (contender, mode) runs in its own process (this script re-invoked with --worker),
+so that no framework's threads, allocator or caches disturb another's. A worker makes `--warmup`
+calls
 (the first compiles ours), then times `--steps` calls; the parent alternates the contenders
 within each of `--rounds` rounds, so that a slow spell of the machine hits all of them, and
 reports the median over all of a contender's timed steps with its ratio to torchvision's (time
@@ -46,6 +48,23 @@ works on the surviving boxes only (e.g. 447 of 1000 proposals after its RPN NMS 
 torchvision's RoIAlign is its legacy aligned=False, ours detectron2's aligned=True; the losses'
 exact forms (smooth L1 betas) are each implementation's own. Weights are random: every class
 score is about 1/9 > 0.05, so both detection NMS see all candidates.
+
+GPU (`--device gpu`): one prepared run for a machine with an NVIDIA GPU, within --budget_s
+(480 s) in all. In order:
+  1. what is missing is installed: JAX's CUDA build (`pip install -e '.[cuda]'`, jax[cuda12]) and
+     torch/torchvision with CUDA (`pip install -e '.[bench]'`); without the latter the
+     torchvision contender is left out and said so;
+  2. the README's quick start, `python -m segrpn_jax.main --config=configs/case1.py:synthetic
+     --workdir=...` from the repository root, to its end (dataset build, compilation, training,
+     evaluation, checkpoints), with its wall time, its checkpoints and its final metrics: the one
+     end-to-end check on a GPU (stopped after --quickstart_timeout_s, 240 s);
+  3. our programs (2 contenders x 2 modes x 2 batch sizes x 2 dtypes) compiled --compile_jobs (8)
+     at a time into a persistent compilation cache of the run, each compile time reported;
+  4. the timings: batch 1 and 8, float32 and bfloat16 (ours: config.model.dtype; torchvision:
+     torch.autocast(dtype=torch.bfloat16) around the forward and the losses), both modes, each
+     call ended by block_until_ready / torch.cuda.synchronize(); one worker per contender and
+     batch size; cells that no longer fit in the budget are listed as skipped.
+One table per (batch, dtype), the GPU, the versions and the quick start's result are printed.
 
 Denormals: a randomly initialised frozen-BN network produces denormal floats, on which x86 is
 slow; XLA flushes them to zero, torch computes them unless told not to, which has been seen to
@@ -85,8 +104,8 @@ DTYPES = ("float32", "bfloat16")
 DEVICE_DEFAULTS = {
   "batch": ([1], [1, 8]),
   "dtype": (["float32"], ["float32", "bfloat16"]),
-  "steps": (6, 10),
-  "warmup": (2, 3),
+  "steps": (6, 8),
+  "warmup": (2, 2),
   "rounds": (2, 1),
   "budget_s": (None, 480.0),
 }
@@ -100,6 +119,8 @@ QUICKSTART_TIMEOUT_S = 240.0  # the quick start's share of the GPU budget
 QUICKSTART_RESERVE_S = 120.0  # of the budget, kept for the comparison after the quick start
 QUICKSTART_METRICS = ("mAP50", "AR@1000", "mIoU", "mIoU*")
 WORKER_GUESS_S = 60.0  # a worker's length before one of its kind has run (for --budget_s)
+CELL_GUESS_S = 20.0  # a worker starts no cell later than this before its deadline
+POLL_S = 0.5  # how often the concurrent compilations are looked at
 VERSIONED = ("torch", "torchvision", "jax", "jaxlib", "jax-cuda12-plugin")
 RESULT_PREFIX = "BENCH_RESULT "  # marks the worker's JSON line among anything else on stdout
 SIZE_MULTIPLE = 32  # torchvision pads images to multiples of 32 (GeneralizedRCNNTransform)
@@ -517,26 +538,35 @@ def _run_torchvision(args: argparse.Namespace) -> dict:
 
 
 def worker(args: argparse.Namespace) -> None:
-  """Runs one (contender, mode) and prints its RESULT_PREFIX + JSON line.
+  """Runs each cell (dtype, mode) of args.dtype x args.modes for one contender and batch size,
+  and prints a RESULT_PREFIX + JSON line after each.
+
+  A cell that would start after args.stop_at (a time.time()) is left out: the parent reports it
+  as skipped.
 
   Args:
-    args: the parsed arguments, with args.worker the contender.
+    args: the parsed arguments, with args.worker the contender and one --batch.
   """
   if args.compile_only:
     run = _compile_ours
   else:
     run = _run_torchvision if args.worker == TORCHVISION else _run_ours
-  result = run(args)
-  result.update(
-    contender=args.worker,
-    mode=args.mode,
-    batch=args.batch[0],
-    dtype=args.dtype[0],
-    device=args.device,
-    threads=args.torch_threads if args.worker == TORCHVISION else os.cpu_count(),
-    load_average=os.getloadavg()[0],
-  )
-  print(RESULT_PREFIX + json.dumps(result), flush=True)
+  for dtype in args.dtype:
+    for mode in args.modes:
+      if args.stop_at and time.time() > args.stop_at:
+        return
+      cell = argparse.Namespace(**{**vars(args), "mode": mode, "dtype": [dtype]})
+      result = run(cell)
+      result.update(
+        contender=args.worker,
+        mode=mode,
+        batch=args.batch[0],
+        dtype=dtype,
+        device=args.device,
+        threads=args.torch_threads if args.worker == TORCHVISION else os.cpu_count(),
+        load_average=os.getloadavg()[0],
+      )
+      print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,26 +578,35 @@ class WorkerFailed(Exception):
 
 
 def worker_command(
-  args: argparse.Namespace, contender: str, mode: str, batch: int, dtype: str, compile_only=False
+  args: argparse.Namespace,
+  contender: str,
+  modes: list[str],
+  batch: int,
+  dtypes: list[str],
+  compile_only: bool = False,
+  stop_at: float | None = None,
 ) -> list[str]:
-  """The command line that runs this script as the worker of one cell."""
+  """The command line that runs this script as the worker of the cells modes x dtypes."""
   height, width = args.size
   command = [
     sys.executable,
     os.path.abspath(__file__),
     "--worker",
     contender,
-    "--mode",
-    mode,
+    "--modes",
+    *modes,
+    "--dtype",
+    *dtypes,
     f"--size={height}x{width}",
     f"--batch={batch}",
-    f"--dtype={dtype}",
     f"--device={args.device}",
     f"--steps={args.steps}",
     f"--warmup={args.warmup}",
     f"--seed={args.seed}",
     f"--torch_threads={args.torch_threads}",
   ]
+  if stop_at is not None:
+    command.append(f"--stop_at={stop_at}")
   return [*command, "--compile_only"] if compile_only else command
 
 
@@ -586,69 +625,84 @@ def worker_env(args: argparse.Namespace, compile_only: bool = False) -> dict:
   return env
 
 
-def parse_worker_output(returncode: int, stdout: str, stderr: str, what: str) -> dict:
-  """The worker's JSON record from its output.
+def parse_worker_output(returncode: int | None, stdout: str, stderr: str, what: str) -> list[dict]:
+  """The worker's JSON records (one per cell it ran) from its output.
+
+  Args:
+    returncode: the worker's exit status; None when it was stopped for time, which keeps the
+      records of the cells it finished.
+    stdout: its standard output.
+    stderr: its standard error, whose end goes into the error.
+    what: the worker, for the error.
 
   Raises:
     WorkerFailed: with the end of its stderr, when it failed or printed no result.
   """
   lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-  if returncode != 0 or not lines:
+  if returncode not in (0, None) or (returncode == 0 and not lines):
     tail = "\n".join(stderr.strip().splitlines()[-STDERR_TAIL_LINES:])
     raise WorkerFailed(
       f"bench_vs_torchvision: the {what} worker failed (exit code {returncode}); the end of "
       f"its output:\n{tail or stdout[-2000:]}"
     )
-  return json.loads(lines[-1][len(RESULT_PREFIX) :])
+  return [json.loads(line[len(RESULT_PREFIX) :]) for line in lines]
 
 
 def run_worker(
   args: argparse.Namespace,
   contender: str,
-  mode: str,
+  modes: list[str] | None = None,
   batch: int | None = None,
-  dtype: str | None = None,
-  timeout_s: float | None = None,
-) -> dict:
-  """Runs this script as a worker for one (contender, mode, batch, dtype) and parses its result.
+  dtypes: list[str] | None = None,
+  deadline: float | None = None,
+) -> list[dict]:
+  """Runs this script as the worker of one contender and batch size for modes x dtypes.
 
   Args:
     args: the parent's arguments.
     contender: the contender's name.
-    mode: 'train' or 'infer'.
+    modes: 'train' and/or 'infer' (None: args.modes).
     batch: images per step (None: the first of --batch).
-    dtype: float32 or bfloat16 (None: the first of --dtype).
-    timeout_s: the worker is stopped after this many seconds (None: no limit).
+    dtypes: float32 and/or bfloat16 (None: args.dtype).
+    deadline: a time.monotonic() at which the worker is stopped (None: no limit); it starts no
+      cell after it, and the records of the cells it finished are kept.
 
   Returns:
-    The worker's JSON record.
+    The worker's JSON records, one per cell it ran.
 
   Raises:
-    WorkerFailed: when the worker fails, prints no result or runs out of time.
+    WorkerFailed: when the worker fails or prints no result.
   """
+  modes = args.modes if modes is None else modes
   batch = args.batch[0] if batch is None else batch
-  dtype = args.dtype[0] if dtype is None else dtype
-  what = f"{contender} {mode} batch {batch} {dtype}"
+  dtypes = args.dtype if dtypes is None else dtypes
+  what = f"{contender} {'/'.join(modes)} batch {batch} {'/'.join(dtypes)}"
+  timeout_s = stop_at = None
+  if deadline is not None:
+    timeout_s = max(1.0, deadline - time.monotonic())
+    stop_at = time.time() + timeout_s - CELL_GUESS_S
+  command = worker_command(args, contender, modes, batch, dtypes, stop_at=stop_at)
   try:
     proc = subprocess.run(
-      worker_command(args, contender, mode, batch, dtype),
-      capture_output=True,
-      text=True,
-      env=worker_env(args),
-      timeout=timeout_s,
+      command, capture_output=True, text=True, env=worker_env(args), timeout=timeout_s
     )
+    returncode, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
   except subprocess.TimeoutExpired as e:
-    raise WorkerFailed(f"bench_vs_torchvision: the {what} worker ran out of time") from e
-  return parse_worker_output(proc.returncode, proc.stdout, proc.stderr, what)
+    returncode, stdout, stderr = None, _text(e.stdout), _text(e.stderr)
+  return parse_worker_output(returncode, stdout, stderr, what)
+
+
+def _text(output: str | bytes | None) -> str:
+  return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def precompile(args: argparse.Namespace, cells: list[tuple], deadline: float) -> list[dict]:
   """Compiles our contenders' programs, `args.compile_jobs` processes at a time (GPU only).
 
   They fill the run's persistent compilation cache, so that each timing worker loads its
-  program. XLA's compilation runs on the CPU, mostly on one thread; its autotuning runs kernels
-  on the GPU, so the picks of concurrent compilations are timed on a shared GPU (our choice:
-  the 16 programs of the full comparison take minutes one at a time).
+  programs instead of compiling them. XLA compiles on the CPU, mostly one thread per program;
+  its autotuning runs candidate kernels on the GPU, so concurrent compilations autotune on a
+  shared GPU (our choice: the 16 programs of the full comparison take many minutes one by one).
 
   Args:
     args: the parent's arguments.
@@ -656,37 +710,40 @@ def precompile(args: argparse.Namespace, cells: list[tuple], deadline: float) ->
     deadline: time.monotonic() after which nothing more is started and running ones stop.
 
   Returns:
-    One record per cell: {'contender', 'mode', 'batch', 'dtype', 'compile_s', 'flops'} or
-    {..., 'error'}.
+    One record per started cell: {'contender', 'mode', 'batch', 'dtype', 'compile_s',
+    'flops'}, or {..., 'error'}.
   """
   pending, running, records = list(cells), [], []
   while pending or running:
     while pending and len(running) < args.compile_jobs and time.monotonic() < deadline:
       contender, mode, batch, dtype = cell = pending.pop(0)
+      # Files, not pipes: a full pipe would stall a compilation while another is waited on.
+      out = tempfile.TemporaryFile("w+")  # noqa: SIM115  (closed when the process is done)
+      err = tempfile.TemporaryFile("w+")  # noqa: SIM115
+      command = worker_command(args, contender, [mode], batch, [dtype], compile_only=True)
       proc = subprocess.Popen(
-        worker_command(args, contender, mode, batch, dtype, compile_only=True),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=worker_env(args, compile_only=True),
+        command, stdout=out, stderr=err, text=True, env=worker_env(args, compile_only=True)
       )
-      running.append((cell, proc))
+      running.append((cell, proc, out, err))
     if not running:
       break
-    for cell, proc in list(running):
-      left = deadline - time.monotonic()
-      try:
-        stdout, stderr = proc.communicate(timeout=max(1.0, min(left, 2.0)))
-      except subprocess.TimeoutExpired:
-        if left > 0:
+    time.sleep(POLL_S)
+    for entry in list(running):
+      cell, proc, out, err = entry
+      if proc.poll() is None:
+        if time.monotonic() < deadline:
           continue
         proc.kill()
-        stdout, stderr = proc.communicate()
-      running.remove((cell, proc))
+        proc.wait()
+      running.remove(entry)
+      out.seek(0), err.seek(0)
+      stdout, stderr = out.read(), err.read()
+      out.close(), err.close()
       contender, mode, batch, dtype = cell
       base = {"contender": contender, "mode": mode, "batch": batch, "dtype": dtype}
       try:
-        record = parse_worker_output(proc.returncode, stdout, stderr, f"{cell} compile")
+        returncode = proc.returncode if proc.returncode is not None else -9
+        record = parse_worker_output(returncode, stdout, stderr, f"{cell} compile")[0]
         records.append({**base, "compile_s": record["compile_s"], "flops": record["flops"]})
       except WorkerFailed as e:
         records.append({**base, "error": str(e)})
@@ -845,6 +902,31 @@ def cells_in_order(args: argparse.Namespace) -> list[tuple[int, str, str, str]]:
   ]
 
 
+def worker_plan(args: argparse.Namespace) -> list[tuple[int, tuple[str, list, int, list]]]:
+  """(round, (contender, modes, batch, dtypes)) of every timing worker, in the order run.
+
+  On a CPU one worker per cell, the contenders alternating within each round, so that a slow
+  spell of the machine hits all of them. On a GPU one worker per contender and batch size runs
+  all its dtypes and modes: a worker's start (imports, CUDA context, loading the compiled
+  programs) costs seconds that 24 workers could not afford in the budget; batch 1 comes first.
+  """
+  if args.device == "gpu":
+    return [
+      (k, (c, list(args.modes), b, list(args.dtype)))
+      for k in range(args.rounds)
+      for b in args.batch
+      for c in args.contenders
+    ]
+  return [
+    (k, (c, [m], b, [d]))
+    for b in args.batch
+    for d in args.dtype
+    for m in args.modes
+    for k in range(args.rounds)
+    for c in args.contenders
+  ]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   """The command line (module docstring), with the defaults of --device filled in.
 
@@ -890,7 +972,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument(
     "--compile_jobs",
     type=int,
-    default=4,
+    default=8,
     help="gpu: our programs compiled this many at a time (0: none)",
   )
   parser.add_argument(
@@ -903,8 +985,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--skip_install", action="store_true", help="gpu: install nothing")
   parser.add_argument("--json", metavar="OUT", help="also write the results to this file")
   parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
-  parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
   parser.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--stop_at", type=float, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   for name, (cpu, gpu) in DEVICE_DEFAULTS.items():
     if getattr(args, name) is None:
@@ -916,8 +998,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.error("--batch must be at least 1")
   if args.compile_jobs < 0:
     parser.error("--compile_jobs must be at least 0")
-  if args.worker and not args.mode:
-    parser.error("--worker needs --mode")
+  if args.worker and len(args.batch) != 1:
+    parser.error("--worker takes one --batch")
   return args
 
 
@@ -957,35 +1039,41 @@ def main(argv: list[str] | None = None) -> None:
     compiled = precompile(args, cells, deadline)
 
   load_start = os.getloadavg()[0]
-  records, skipped, failed = [], [], []
-  durations: dict[tuple[str, str], float] = {}
-  for round_index in range(args.rounds):
-    for batch, dtype, mode, contender in cells_in_order(args):
-      cell = f"{contender} {mode} batch {batch} {dtype} round {round_index + 1}"
-      left = deadline - time.monotonic()
-      if durations.get((contender, mode), WORKER_GUESS_S) > left:
-        skipped.append(cell)
-        continue
-      start = time.perf_counter()
-      try:
-        record = run_worker(args, contender, mode, batch, dtype, left if gpu else None)
-      except WorkerFailed as e:
-        if not gpu:
-          raise SystemExit(str(e)) from e
-        failed.append(f"{cell}: {e}")
-        print(f"[{cell}] failed", file=sys.stderr, flush=True)
-        continue
-      seconds = time.perf_counter() - start
-      durations[(contender, mode)] = max(durations.get((contender, mode), 0.0), seconds)
+  records, failed = [], []
+  durations: dict[str, float] = {}  # the longest worker of each contender so far
+  for round_index, (contender, modes, batch, dtypes) in worker_plan(args):
+    what = f"{contender} {'/'.join(modes)} batch {batch} {'/'.join(dtypes)}"
+    if durations.get(contender, WORKER_GUESS_S) > deadline - time.monotonic():
+      continue  # reported as skipped below
+    start = time.perf_counter()
+    try:
+      got = run_worker(args, contender, modes, batch, dtypes, deadline if gpu else None)
+    except WorkerFailed as e:
+      if not gpu:
+        raise SystemExit(str(e)) from e
+      failed.append(f"{what} round {round_index + 1}: {e}")
+      print(f"[{what}] failed", file=sys.stderr, flush=True)
+      continue
+    seconds = time.perf_counter() - start
+    durations[contender] = max(durations.get(contender, 0.0), seconds)
+    for record in got:
       record["round"] = round_index
       records.append(record)
       print(
-        f"[{cell}] median {statistics.median(record['steps_s']):.3f} s, first call "
-        f"{record['first_s']:.1f} s, worker {seconds:.0f} s, load average "
-        f"{record['load_average']:.2f}",
+        f"[{contender} {record['mode']} batch {batch} {record['dtype']} round "
+        f"{round_index + 1}/{args.rounds}] median {statistics.median(record['steps_s']):.3f} s, "
+        f"first call {record['first_s']:.1f} s, load average {record['load_average']:.2f}",
         file=sys.stderr,
         flush=True,
       )
+    print(f"[{what}] worker {seconds:.0f} s", file=sys.stderr, flush=True)
+  measured = {(r["round"], r["batch"], r["dtype"], r["mode"], r["contender"]) for r in records}
+  skipped = [
+    f"{c} {m} batch {b} {d} round {k + 1}"
+    for k in range(args.rounds)
+    for b, d, m, c in cells_in_order(args)
+    if (k, b, d, m, c) not in measured
+  ]
   load_end = os.getloadavg()[0]
 
   height, width = args.size
@@ -1064,7 +1152,7 @@ def main(argv: list[str] | None = None) -> None:
   for line in notes:
     print(line)
   for cell in skipped:
-    print(f"skipped (--budget_s {args.budget_s:.0f} s reached): {cell}")
+    print(f"skipped (--budget_s {args.budget_s or 0:.0f} s reached): {cell}")
   for line in failed:
     print(f"failed: {line}")
   print(f"total wall time {time.monotonic() - started:.0f} s")

@@ -144,8 +144,8 @@ def test_device_defaults():
   assert (gpu.batch, gpu.dtype, gpu.steps, gpu.warmup, gpu.rounds, gpu.budget_s) == (
     [1, 8],
     ["float32", "bfloat16"],
-    10,
-    3,
+    8,
+    2,
     1,
     480.0,
   )
@@ -167,21 +167,36 @@ def test_cells_run_the_paper_setting_first():
     (1, "float32", "infer", "ours-det"),
   ]
   assert cells[-1] == (8, "bfloat16", "infer", "ours-det")
+  # A GPU worker runs every cell of one contender and batch size; batch 1 first.
+  both = ["float32", "bfloat16"]
+  assert bench.worker_plan(args) == [
+    (0, ("torchvision", ["train", "infer"], 1, both)),
+    (0, ("ours-det", ["train", "infer"], 1, both)),
+    (0, ("torchvision", ["train", "infer"], 8, both)),
+    (0, ("ours-det", ["train", "infer"], 8, both)),
+  ]
+  # A CPU worker runs one cell; the contenders alternate within each round of each mode.
+  cpu = bench.parse_args(["--contenders", "torchvision", "ours-det", "--modes", "infer"])
+  assert bench.worker_plan(cpu) == [
+    (0, ("torchvision", ["infer"], 1, ["float32"])),
+    (0, ("ours-det", ["infer"], 1, ["float32"])),
+    (1, ("torchvision", ["infer"], 1, ["float32"])),
+    (1, ("ours-det", ["infer"], 1, ["float32"])),
+  ]
 
 
 def test_worker_command_and_environment(monkeypatch):
   args = bench.parse_args(["--device", "gpu", "--size", "256x512"])
   args.cache_dir = "/cache"
-  command = bench.worker_command(args, "ours-det", "train", 8, "bfloat16", compile_only=True)
+  both = ["float32", "bfloat16"]
+  command = bench.worker_command(args, "ours-det", ["train", "infer"], 8, both, stop_at=12.5)
   parsed = bench.parse_args(command[2:])  # what the worker parses
-  assert (parsed.worker, parsed.mode, parsed.size, parsed.batch, parsed.dtype) == (
-    "ours-det",
-    "train",
-    (256, 512),
-    [8],
-    ["bfloat16"],
-  )
-  assert parsed.device == "gpu" and parsed.compile_only
+  assert (parsed.worker, parsed.modes, parsed.size, parsed.batch, parsed.dtype) == (
+    "ours-det", ["train", "infer"], (256, 512), [8], both
+  )  # fmt: skip
+  assert parsed.device == "gpu" and parsed.stop_at == 12.5 and not parsed.compile_only
+  command = bench.worker_command(args, "ours-det", ["infer"], 1, ["float32"], compile_only=True)
+  assert bench.parse_args(command[2:]).compile_only
   monkeypatch.delenv("PYTHONPATH", raising=False)
   env = bench.worker_env(args, compile_only=True)
   assert env["PYTHONPATH"] == ROOT and env["JAX_PLATFORMS"] == "cuda"
@@ -194,7 +209,10 @@ def test_worker_command_and_environment(monkeypatch):
 def test_worker_output_is_parsed_or_the_failure_shown():
   record = {"first_s": 1.0, "steps_s": [0.5]}
   stdout = f"noise\n{bench.RESULT_PREFIX}{json.dumps(record)}\n"
-  assert bench.parse_worker_output(0, stdout, "", "x") == record
+  assert bench.parse_worker_output(0, stdout + stdout, "", "x") == [record, record]
+  # Stopped for time (no exit status): the cells it finished count; none is no error.
+  assert bench.parse_worker_output(None, stdout, "", "x") == [record]
+  assert bench.parse_worker_output(None, "", "", "x") == []
   with pytest.raises(
     bench.WorkerFailed, match=r"(?s)the x worker failed \(exit code 1\).*\nline\nOOM$"
   ):
@@ -205,8 +223,8 @@ def test_worker_output_is_parsed_or_the_failure_shown():
 
 def test_precompile_runs_the_jobs_concurrently_and_keeps_failures(monkeypatch):
   # Fake workers: each sleeps 1 s and prints a record (the cell with batch 3 fails).
-  def fake_command(args, contender, mode, batch, dtype, compile_only=False):
-    assert compile_only
+  def fake_command(args, contender, modes, batch, dtypes, compile_only=False, stop_at=None):
+    assert compile_only and len(modes) == len(dtypes) == 1
     record = json.dumps({"compile_s": float(batch), "flops": 1e9})
     code = (
       "import sys, time; time.sleep(1); "
