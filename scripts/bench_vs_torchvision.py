@@ -86,6 +86,8 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -113,7 +115,7 @@ GPU_BUDGET_S = DEVICE_DEFAULTS["budget_s"][1]  # the whole GPU script: installs 
 INSTALL_HINT = "pip install -e '.[bench]'"
 CUDA_INSTALL_HINT = "pip install -e '.[cuda]'"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The README's quick start, run from the repository root as the README says.
+# The README's quick start when its first code block holds none (readme_quickstart).
 QUICKSTART = ("-m", "segrpn_jax.main", "--config=configs/case1.py:synthetic")
 QUICKSTART_TIMEOUT_S = 240.0  # the quick start's share of the GPU budget
 QUICKSTART_RESERVE_S = 120.0  # of the budget, kept for the comparison after the quick start
@@ -785,14 +787,36 @@ def read_quickstart(workdir: str) -> dict:
   }
 
 
+def readme_quickstart(readme: str) -> tuple[str, ...]:
+  """The quick start's arguments after `python`, read from the README's first code block.
+
+  Args:
+    readme: the README's text.
+
+  Returns:
+    e.g. ('-m', 'segrpn_jax.main', '--config=configs/case1.py:synthetic'): the first
+    `python -m segrpn_jax.main` command there (after any `pip install ... &&`), its --workdir
+    left out; QUICKSTART when there is none.
+  """
+  blocks = re.findall(r"^```[^\n]*\n(.*?)^```", readme, flags=re.M | re.S)
+  for line in blocks[0].splitlines() if blocks else []:
+    for command in line.split("&&"):
+      words = shlex.split(command, comments=True)
+      if words[:3] in (["python", "-m", "segrpn_jax.main"], ["python3", "-m", "segrpn_jax.main"]):
+        return tuple(w for w in words[1:] if not w.startswith("--workdir"))
+  return QUICKSTART
+
+
 def run_quickstart(args: argparse.Namespace, workdir: str, timeout_s: float) -> dict:
-  """The README's quick start (QUICKSTART) on the GPU: data, compile, train, evaluate, save.
+  """The README's quick start on the GPU: data, compile, train, evaluate, save.
 
   Returns:
     read_quickstart's dict plus {'command', 'wall_s', 'returncode' (None when stopped at
     timeout_s), 'finished': it exited 0 with final metrics and a checkpoint, 'stderr_tail'}.
   """
-  command = [sys.executable, *QUICKSTART, f"--workdir={workdir}"]
+  with open(os.path.join(ROOT, "README.md")) as f:
+    quickstart = readme_quickstart(f.read())
+  command = [sys.executable, *quickstart, f"--workdir={workdir}"]
   env = worker_env(args)
   env.pop("JAX_COMPILATION_CACHE_DIR")  # the quick start as a user runs it: a cold compile
   start = time.perf_counter()
@@ -807,7 +831,7 @@ def run_quickstart(args: argparse.Namespace, workdir: str, timeout_s: float) -> 
   wall_s = time.perf_counter() - start
   result = read_quickstart(workdir)
   result.update(
-    command=" ".join(["python", *QUICKSTART, f"--workdir={workdir}"]),
+    command=shlex.join(["python", *quickstart, f"--workdir={workdir}"]),
     wall_s=wall_s,
     returncode=returncode,
     finished=returncode == 0 and result["metrics"] is not None and bool(result["checkpoint_steps"]),

@@ -263,3 +263,17 @@ def test_read_quickstart(tmp_path):
     "metrics": {"mAP50": 0.8},
     "checkpoint_steps": [200, 800],
   }
+
+
+def test_the_quick_start_is_read_from_the_readme():
+  readme = (
+    "# x\n\n```sh\npip install -e . && python -m segrpn_jax.main --config=a.py:b --workdir=r\n"
+  )
+  readme += "tensorboard --logdir r\n```\n\n```sh\npytest -q\n```\n"
+  assert bench.readme_quickstart(readme) == ("-m", "segrpn_jax.main", "--config=a.py:b")
+  assert bench.readme_quickstart("no code") == bench.QUICKSTART
+  with open(os.path.join(ROOT, "README.md")) as f:  # the real one names a config of the clone
+    arguments = bench.readme_quickstart(f.read())
+  assert arguments[:2] == ("-m", "segrpn_jax.main")
+  config = next(a for a in arguments if a.startswith("--config="))
+  assert os.path.isfile(os.path.join(ROOT, config.split("=", 1)[1].split(":")[0]))
