@@ -64,6 +64,10 @@ GPU (`--device gpu`): one prepared run for a machine with an NVIDIA GPU, within 
      torch.autocast(dtype=torch.bfloat16) around the forward and the losses), both modes, each
      call ended by block_until_ready / torch.cuda.synchronize(); one worker per contender and
      batch size; cells that no longer fit in the budget are listed as skipped.
+"float32" on the GPU is each framework run as XLA runs by default: matmuls and convolutions on
+TF32 tensor cores (torch: set_float32_matmul_precision('high'), cudnn.allow_tf32), kernels
+chosen by timing them on the benchmark's shapes (XLA's autotuning; torch: cudnn.benchmark, done
+in the warm-up calls).
 One table per (batch, dtype), the GPU, the versions and the quick start's result are printed.
 
 Denormals: a randomly initialised frozen-BN network produces denormal floats, on which x86 is
@@ -475,6 +479,13 @@ def _run_torchvision(args: argparse.Namespace) -> dict:
       "build of torch (pip install torch torchvision from PyPI on Linux is one)."
     )
   sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+  if device.type == "cuda":
+    # XLA's GPU defaults, given to torch: float32 matmuls and convolutions on TF32 tensor cores
+    # (torch's cudnn convolutions already are, its matmuls not), and kernels picked by timing
+    # them on these shapes (XLA autotunes when it compiles; cudnn.benchmark, in the warm-up).
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
   autocast = torch.autocast(
     device_type=device.type, dtype=torch.bfloat16, enabled=args.dtype[0] == "bfloat16"
   )
