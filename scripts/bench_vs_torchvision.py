@@ -97,6 +97,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 TORCHVISION = "torchvision"
 OURS_DET = "ours-det"
@@ -132,6 +133,7 @@ RESULT_PREFIX = "BENCH_RESULT "  # marks the worker's JSON line among anything e
 SIZE_MULTIPLE = 32  # torchvision pads images to multiples of 32 (GeneralizedRCNNTransform)
 GIGA = 1e9
 STDERR_TAIL_LINES = 30  # of a failed worker's stderr, shown by the parent
+ERROR_CHARS = 2000  # of a failed cell's error message, in its record
 # A 1-minute load average above this before the first worker: more than one core's worth of
 # other work, enough to skew torch against XLA (module docstring, "Load").
 BUSY_LOAD = 1.0
@@ -555,7 +557,7 @@ def worker(args: argparse.Namespace) -> None:
   and prints a RESULT_PREFIX + JSON line after each.
 
   A cell that would start after args.stop_at (a time.time()) is left out: the parent reports it
-  as skipped.
+  as skipped. A cell that fails prints its traceback and a record with an 'error' instead.
 
   Args:
     args: the parsed arguments, with args.worker the contender and one --batch.
@@ -569,7 +571,11 @@ def worker(args: argparse.Namespace) -> None:
       if args.stop_at and time.time() > args.stop_at:
         return
       cell = argparse.Namespace(**{**vars(args), "mode": mode, "dtype": [dtype]})
-      result = run(cell)
+      try:
+        result = run(cell)
+      except Exception as e:  # e.g. out of memory at batch 8: the worker's other cells still run
+        traceback.print_exc()
+        result = {"error": f"{type(e).__name__}: {e}"[-ERROR_CHARS:]}
       result.update(
         contender=args.worker,
         mode=mode,
@@ -639,20 +645,20 @@ def worker_env(args: argparse.Namespace, compile_only: bool = False) -> dict:
 
 
 def parse_worker_output(returncode: int | None, stdout: str, stderr: str, what: str) -> list[dict]:
-  """The worker's JSON records (one per cell it ran) from its output.
+  """The worker's JSON records (one per cell it ran; a failed cell's holds an 'error').
 
   Args:
     returncode: the worker's exit status; None when it was stopped for time, which keeps the
-      records of the cells it finished.
+      records of the cells it finished (none is no error then).
     stdout: its standard output.
     stderr: its standard error, whose end goes into the error.
     what: the worker, for the error.
 
   Raises:
-    WorkerFailed: with the end of its stderr, when it failed or printed no result.
+    WorkerFailed: with the end of its stderr, when it printed no result.
   """
   lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-  if returncode not in (0, None) or (returncode == 0 and not lines):
+  if not lines and returncode is not None:
     tail = "\n".join(stderr.strip().splitlines()[-STDERR_TAIL_LINES:])
     raise WorkerFailed(
       f"bench_vs_torchvision: the {what} worker failed (exit code {returncode}); the end of "
@@ -757,9 +763,12 @@ def precompile(args: argparse.Namespace, cells: list[tuple], deadline: float) ->
       try:
         returncode = proc.returncode if proc.returncode is not None else -9
         record = parse_worker_output(returncode, stdout, stderr, f"{cell} compile")[0]
-        records.append({**base, "compile_s": record["compile_s"], "flops": record["flops"]})
-      except WorkerFailed as e:
-        records.append({**base, "error": str(e)})
+        if "error" in record:
+          records.append({**base, "error": record["error"]})
+        else:
+          records.append({**base, "compile_s": record["compile_s"], "flops": record["flops"]})
+      except (WorkerFailed, IndexError) as e:  # IndexError: stopped for time, no record
+        records.append({**base, "error": str(e) or "stopped at the deadline"})
       seconds = records[-1].get("compile_s", float("nan"))
       print(
         f"[compile] {contender} {mode} batch {batch} {dtype}: {seconds:.0f} s",
@@ -1075,6 +1084,7 @@ def main(argv: list[str] | None = None) -> None:
 
   load_start = os.getloadavg()[0]
   records, failed = [], []
+  done = set()  # (round, batch, dtype, mode, contender) measured or failed: not skipped
   durations: dict[str, float] = {}  # the longest worker of each contender so far
   for round_index, (contender, modes, batch, dtypes) in worker_plan(args):
     what = f"{contender} {'/'.join(modes)} batch {batch} {'/'.join(dtypes)}"
@@ -1087,11 +1097,20 @@ def main(argv: list[str] | None = None) -> None:
       if not gpu:
         raise SystemExit(str(e)) from e
       failed.append(f"{what} round {round_index + 1}: {e}")
+      done.update((round_index, batch, d, m, contender) for d in dtypes for m in modes)
       print(f"[{what}] failed", file=sys.stderr, flush=True)
       continue
     seconds = time.perf_counter() - start
     durations[contender] = max(durations.get(contender, 0.0), seconds)
     for record in got:
+      done.add((round_index, batch, record["dtype"], record["mode"], contender))
+      if "error" in record:
+        cell = f"{contender} {record['mode']} batch {batch} {record['dtype']}"
+        if not gpu:
+          raise SystemExit(f"bench_vs_torchvision: the {cell} worker failed: {record['error']}")
+        failed.append(f"{cell} round {round_index + 1}: {record['error']}")
+        print(f"[{cell}] failed: {record['error']}", file=sys.stderr, flush=True)
+        continue
       record["round"] = round_index
       records.append(record)
       print(
@@ -1102,12 +1121,11 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
       )
     print(f"[{what}] worker {seconds:.0f} s", file=sys.stderr, flush=True)
-  measured = {(r["round"], r["batch"], r["dtype"], r["mode"], r["contender"]) for r in records}
   skipped = [
     f"{c} {m} batch {b} {d} round {k + 1}"
     for k in range(args.rounds)
     for b, d, m, c in cells_in_order(args)
-    if (k, b, d, m, c) not in measured
+    if (k, b, d, m, c) not in done
   ]
   load_end = os.getloadavg()[0]
 

@@ -208,15 +208,18 @@ def test_worker_command_and_environment(monkeypatch):
 
 def test_worker_output_is_parsed_or_the_failure_shown():
   record = {"first_s": 1.0, "steps_s": [0.5]}
+  failed_cell = {"error": "XlaRuntimeError: RESOURCE_EXHAUSTED: out of memory"}
   stdout = f"noise\n{bench.RESULT_PREFIX}{json.dumps(record)}\n"
   assert bench.parse_worker_output(0, stdout + stdout, "", "x") == [record, record]
+  # A failed cell is a record of its own; the worker's other cells are kept.
+  both = stdout + f"{bench.RESULT_PREFIX}{json.dumps(failed_cell)}\n"
+  assert bench.parse_worker_output(0, both, "", "x") == [record, failed_cell]
   # Stopped for time (no exit status): the cells it finished count; none is no error.
   assert bench.parse_worker_output(None, stdout, "", "x") == [record]
   assert bench.parse_worker_output(None, "", "", "x") == []
-  with pytest.raises(
-    bench.WorkerFailed, match=r"(?s)the x worker failed \(exit code 1\).*\nline\nOOM$"
-  ):
-    bench.parse_worker_output(1, stdout, "line\nOOM", "x")
+  failed = r"(?s)the x worker failed \(exit code 1\).*\nline\nImportError$"
+  with pytest.raises(bench.WorkerFailed, match=failed):
+    bench.parse_worker_output(1, "noise", "line\nImportError", "x")
   with pytest.raises(bench.WorkerFailed, match=r"exit code 0"):
     bench.parse_worker_output(0, "no result", "", "x")
 
@@ -277,3 +280,94 @@ def test_the_quick_start_is_read_from_the_readme():
   assert arguments[:2] == ("-m", "segrpn_jax.main")
   config = next(a for a in arguments if a.startswith("--config="))
   assert os.path.isfile(os.path.join(ROOT, config.split("=", 1)[1].split(":")[0]))
+
+
+def test_the_gpu_run_with_stand_ins_for_the_machine(monkeypatch, tmp_path, capsys):
+  """main --device gpu with every step that needs a GPU replaced: its order, its tables, what
+  it reports as failed and skipped, and its JSON."""
+  monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))  # the run's scratch folder
+  calls = []
+  monkeypatch.setattr(bench, "prepare_gpu", lambda args: calls.append("prepare") or ["note"])
+  monkeypatch.setattr(bench, "gpu_model", lambda: "NVIDIA H200, 143771 MiB, 570.00")
+
+  def quickstart(args, workdir, timeout_s):
+    calls.append("quickstart")
+    assert timeout_s == bench.QUICKSTART_TIMEOUT_S
+    return {"command": "python -m segrpn_jax.main ...", "wall_s": 200.0, "returncode": 0,
+            "finished": True, "metrics_step": 800, "checkpoint_steps": [600, 800],
+            "metrics": {"mAP50": 0.9, "AR@1000": 0.6, "mIoU": 0.7, "mIoU*": 0.95, "x": 1.0},
+            "stderr_tail": ""}  # fmt: skip
+
+  def precompile(args, cells, deadline):
+    calls.append("precompile")
+    assert {c for c, _, _, _ in cells} == {"ours-det", "ours-segrpn"} and len(cells) == 16
+    return [{"contender": c, "mode": m, "batch": b, "dtype": d, "compile_s": 30.0, "flops": 1e9}
+            for c, m, b, d in cells]  # fmt: skip
+
+  def run_worker(args, contender, modes, batch, dtypes, deadline):
+    calls.append((contender, batch))
+    assert modes == ["train", "infer"] and dtypes == ["float32", "bfloat16"]
+    records = []
+    for dtype in dtypes:
+      for mode in modes:
+        base = {"contender": contender, "mode": mode, "batch": batch, "dtype": dtype}
+        if (contender, batch, dtype, mode) == ("ours-segrpn", 8, "bfloat16", "train"):
+          records.append({**base, "error": "XlaRuntimeError: out of memory"})
+          continue
+        seconds = {"torchvision": 0.2, "ours-det": 0.1, "ours-segrpn": 0.3}[contender] * batch
+        records.append({**base, "steps_s": [seconds] * 3, "first_s": 1.0, "load_average": 0.5,
+                        "flops": None if contender == "torchvision" else 2e11,
+                        "loss": 1.0 if mode == "train" else None})  # fmt: skip
+    return records
+
+  monkeypatch.setattr(bench, "run_quickstart", quickstart)
+  monkeypatch.setattr(bench, "precompile", precompile)
+  monkeypatch.setattr(bench, "run_worker", run_worker)
+  bench.main(["--device", "gpu", "--json", str(tmp_path / "gpu.json")])
+  assert calls == [
+    "prepare", "quickstart", "precompile",
+    ("torchvision", 1), ("ours-det", 1), ("ours-segrpn", 1),
+    ("torchvision", 8), ("ours-det", 8), ("ours-segrpn", 8),
+  ]  # fmt: skip
+  out = capsys.readouterr().out
+  cells = lambda line: [c.strip() for c in line.strip("|").split("|")]
+  tables = out.split("\nbatch ")[1:]
+  assert [t.splitlines()[0] for t in tables] == [
+    "1, float32", "1, bfloat16", "8, float32", "8, bfloat16"
+  ]  # fmt: skip
+  rows = {cells(line)[0]: cells(line) for line in tables[2].splitlines() if line.startswith("| o")}
+  assert rows["ours-det"][1:3] == ["0.800", "0.50"]  # batch 8: 0.8 s against torchvision's 1.6
+  assert rows["ours-segrpn"][1:3] == ["2.400", "1.50"]
+  assert "failed: ours-segrpn train batch 8 bfloat16 round 1: XlaRuntimeError" in out
+  assert "skipped" not in out
+  assert "GPU: NVIDIA H200, 143771 MiB, 570.00" in out
+  assert "quick start on the GPU" in out and "wall time 200 s" in out
+  assert "mAP50 0.900, AR@1000 0.600, mIoU 0.700, mIoU* 0.950" in out and "x 1.000" not in out
+  with open(tmp_path / "gpu.json") as f:
+    saved = json.load(f)
+  assert sorted(saved["summaries"]) == [
+    "batch1_bfloat16", "batch1_float32", "batch8_bfloat16", "batch8_float32"
+  ]  # fmt: skip
+  assert len(saved["runs"]) == 23 and len(saved["compiled"]) == 16
+  assert saved["quickstart"]["finished"] and saved["notes"] == ["note"]
+
+
+def test_the_gpu_budget_skips_what_no_longer_fits(monkeypatch, tmp_path, capsys):
+  monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))
+  monkeypatch.setattr(bench, "prepare_gpu", lambda args: [])
+  monkeypatch.setattr(bench, "gpu_model", lambda: "gpu")
+  ran = []
+
+  def run_worker(args, contender, modes, batch, dtypes, deadline):
+    ran.append((contender, batch))
+    return [{"contender": contender, "mode": m, "batch": batch, "dtype": d, "steps_s": [0.1],
+             "first_s": 1.0, "load_average": 0.0, "flops": None, "loss": None}
+            for d in dtypes for m in modes]  # fmt: skip
+
+  monkeypatch.setattr(bench, "run_worker", run_worker)
+  # Budget 30 s, shorter than a worker's guess (WORKER_GUESS_S): nothing starts.
+  bench.main(["--device", "gpu", "--skip_quickstart", "--compile_jobs", "0", "--budget_s", "30",
+              "--contenders", "ours-det"])  # fmt: skip
+  assert ran == []
+  out = capsys.readouterr().out
+  assert out.count("skipped (--budget_s 30 s reached): ours-det") == 8
