@@ -629,9 +629,13 @@ def worker_command(
   return [*command, "--compile_only"] if compile_only else command
 
 
-def worker_env(args: argparse.Namespace, compile_only: bool = False) -> dict:
+def worker_env(
+  args: argparse.Namespace, compile_only: bool = False, contender: str | None = None
+) -> dict:
   """The workers' environment: the clone's package first; on a GPU, JAX on CUDA only (an error,
-  not a silent CPU run, when it has no GPU) and one persistent compilation cache for the run."""
+  not a silent CPU run, when it has no GPU) and one persistent compilation cache for the run.
+  The torchvision worker imports JAX only for the config and the NumPy batch: its JAX stays on
+  the CPU, so that it can never take the GPU memory torch needs."""
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
   if args.device == "gpu":
@@ -641,6 +645,8 @@ def worker_env(args: argparse.Namespace, compile_only: bool = False) -> dict:
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     if compile_only:  # several compile at once: none may take 75 % of the GPU's memory
       env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    if contender == TORCHVISION:
+      env["JAX_PLATFORMS"] = "cpu"
   return env
 
 
@@ -703,7 +709,11 @@ def run_worker(
   command = worker_command(args, contender, modes, batch, dtypes, stop_at=stop_at)
   try:
     proc = subprocess.run(
-      command, capture_output=True, text=True, env=worker_env(args), timeout=timeout_s
+      command,
+      capture_output=True,
+      text=True,
+      env=worker_env(args, contender=contender),
+      timeout=timeout_s,
     )
     returncode, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
   except subprocess.TimeoutExpired as e:

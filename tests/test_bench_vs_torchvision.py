@@ -203,6 +203,8 @@ def test_worker_command_and_environment(monkeypatch):
   assert env["JAX_COMPILATION_CACHE_DIR"] == "/cache"
   assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
   assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in bench.worker_env(args)  # timing: preallocated
+  assert bench.worker_env(args, contender="ours-det")["JAX_PLATFORMS"] == "cuda"
+  assert bench.worker_env(args, contender="torchvision")["JAX_PLATFORMS"] == "cpu"  # torch's GPU
   assert "JAX_PLATFORMS" not in bench.worker_env(bench.parse_args([]))  # cpu: as it was
 
 
