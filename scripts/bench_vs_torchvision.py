@@ -1075,8 +1075,9 @@ def main(argv: list[str] | None = None) -> None:
     notes = prepare_gpu(args)
   elif TORCHVISION in args.contenders and (message := missing_torch()):
     raise SystemExit(message)
-  scratch = tempfile.mkdtemp(prefix="bench_vs_torchvision_")
-  args.cache_dir = os.path.join(scratch, "jax_cache")
+  # A GPU run's compilation cache and quick-start workdir (kept: the run's files to look at).
+  scratch = tempfile.mkdtemp(prefix="bench_vs_torchvision_") if gpu else None
+  args.cache_dir = os.path.join(scratch, "jax_cache") if gpu else None
   if gpu and not args.skip_quickstart:
     # What is left after the quick start must hold at least one round of batch 1.
     timeout_s = min(args.quickstart_timeout_s, deadline - time.monotonic() - QUICKSTART_RESERVE_S)
