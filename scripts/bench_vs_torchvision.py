@@ -128,6 +128,7 @@ QUICKSTART_METRICS = ("mAP50", "AR@1000", "mIoU", "mIoU*")
 WORKER_GUESS_S = 60.0  # a worker's length before one of its kind has run (for --budget_s)
 CELL_GUESS_S = 20.0  # a worker starts no cell later than this before its deadline
 POLL_S = 0.5  # how often the concurrent compilations are looked at
+PIP_TIMEOUT_S = 150.0  # one install of the GPU run's preparation
 VERSIONED = ("torch", "torchvision", "jax", "jaxlib", "jax-cuda12-plugin")
 RESULT_PREFIX = "BENCH_RESULT "  # marks the worker's JSON line among anything else on stdout
 SIZE_MULTIPLE = 32  # torchvision pads images to multiples of 32 (GeneralizedRCNNTransform)
@@ -872,13 +873,14 @@ def run_quickstart(args: argparse.Namespace, workdir: str, timeout_s: float) -> 
 
 def _pip(arguments: list[str]) -> tuple[bool, str]:
   """pip install ARGUMENTS in the repository root: (succeeded, the end of its output)."""
-  proc = subprocess.run(
-    [sys.executable, "-m", "pip", "install", "-q", *arguments],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    check=False,
-  )
+  # Few retries and a time limit: without a network pip would retry for minutes of the budget.
+  command = [sys.executable, "-m", "pip", "install", "-q", "--retries=1", "--timeout=15"]
+  try:
+    proc = subprocess.run(
+      [*command, *arguments], cwd=ROOT, capture_output=True, text=True, timeout=PIP_TIMEOUT_S
+    )
+  except subprocess.TimeoutExpired:
+    return False, f"pip install {' '.join(arguments)} did not finish in {PIP_TIMEOUT_S:.0f} s"
   return proc.returncode == 0, (proc.stdout + proc.stderr).strip()[-2000:]
 
 
