@@ -1,8 +1,9 @@
 """The package as a user installs it: `pip install .` (not editable) into a fresh virtual
 environment, then the tools from an empty folder; and the README's test command is what CI runs.
 
-The environment sees this machine's packages (--system-site-packages) and the package is installed
-with --no-deps --no-build-isolation, so nothing is downloaded. It is installed from a copy of
+The environment sees the packages of the one running the tests (--system-site-packages, and a .pth
+for an outer venv) and the package is installed with --no-deps --no-build-isolation, so nothing
+is downloaded. It is installed from a copy of
 pyproject.toml, README.md and segrpn_jax/ only: what the wheel holds comes from the package, not
 from files beside it in the clone.
 """
@@ -12,6 +13,7 @@ import pathlib
 import re
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 
@@ -55,6 +57,15 @@ def venv(tmp_path_factory):
     check=True, env=env,
   )  # fmt: skip
   python = str(tmp / "venv" / ("Scripts" if os.name == "nt" else "bin") / "python")
+  # A venv made from within a venv sees the base interpreter's packages, not the outer venv's:
+  # this one is given the packages of the environment running the tests (theirs .pth included).
+  purelib = subprocess.run(
+    [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    capture_output=True, text=True, check=True, env=env,
+  ).stdout.strip()  # fmt: skip
+  outer = [p for p in site.getsitepackages() if os.path.isdir(p)]
+  with open(os.path.join(purelib, "_tests_outer_environment.pth"), "w") as f:
+    f.write(f"import site; [site.addsitedir(p) for p in {outer!r}]\n")
   empty = tmp / "empty"
   empty.mkdir()
   done = subprocess.run(
