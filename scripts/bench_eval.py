@@ -1,15 +1,16 @@
 """Evaluation cost: COCOeval on synthetic boxes, and all inference fusions vs one on a tiny model.
 
   python scripts/bench_eval.py                    # both parts
-  python scripts/bench_eval.py --skip-model       # only the COCOeval timings
-  python scripts/bench_eval.py --skip-cocoeval --repeats 20  # only the fusion timings
+  python scripts/bench_eval.py --skip_model       # only the COCOeval timings
+  python scripts/bench_eval.py --skip_cocoeval --repeats 20  # only the fusion timings
   python scripts/bench_eval.py --pycocotools 50   # also pycocotools on 50 images, for reference
 
 COCOeval: 500 images (Cityscapes val) x 100 detections of 8 classes x 20 ground-truth boxes
 (10% crowd) scored by metrics.detection_ap with the five level ranges, and 500 x 1000
 proposals by metrics.proposal_recall (class-agnostic, ten IoU thresholds). The model part
 times evaluate.eval_step (api.predict_fusions plus the confusion matrices) warm, under the
-config's inference fusion alone and under every fusion of evaluate.evaluated_fusions.
+config's inference fusion alone and under every fusion of evaluate.evaluated_fusions, on the
+configs' `tiny` setting (the tests' model: 64x128, quarter-width ResNet-18, roi+rpn fusion).
 """
 
 import argparse
@@ -22,7 +23,7 @@ import jax
 import numpy as np
 
 from segrpn_jax import api, evaluate, metrics
-from segrpn_jax.configs import default
+from segrpn_jax.configs import case1
 
 
 def synthetic_exports(rng, num_images, num_dets, num_gt=20, classes=8):
@@ -79,21 +80,6 @@ def bench_cocoeval(pycocotools_images: int) -> None:
           f"(~{seconds * 500 / n:.0f} s for 500)")  # fmt: skip
 
 
-def tiny_config():
-  """The tests' tiny synthetic model (64x128, quarter-width ResNet-18) with roi+rpn fusion."""
-  c = default.synthetic(default.get_config())
-  c.data.image_size = (64, 128)
-  m = c.model
-  m.width_multiplier = 0.25
-  m.fpn_channels = m.semantic_channels = 16
-  m.size_scale = 64 / 512
-  m.anchor.sizes = (8, 16, 32, 64, 128)
-  m.rpn.pre_nms_topk_test = m.rpn.post_nms_topk_test = 64
-  m.roi.fc_dim = 32
-  m.roi.canonical_size = 224 // 8
-  return c
-
-
 def _eval_step(model, variables, batch, fusions, config):
   return jax.block_until_ready(
     evaluate.eval_step(model, variables, batch, fusions, config.model.num_semantic_classes)
@@ -101,7 +87,7 @@ def _eval_step(model, variables, batch, fusions, config):
 
 
 def bench_fusions(batch_size: int, repeats: int) -> None:
-  config = tiny_config()
+  config = case1.get_config("tiny")  # the tests' model, roi+rpn fusion
   model = api.create_model(config)
   variables = api.init_variables(config, jax.random.key(0))
   h, w = config.data.image_size
@@ -134,10 +120,10 @@ def bench_fusions(batch_size: int, repeats: int) -> None:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--skip-model", action="store_true")
-  parser.add_argument("--skip-cocoeval", action="store_true")
+  parser.add_argument("--skip_model", action="store_true")
+  parser.add_argument("--skip_cocoeval", action="store_true")
   parser.add_argument("--pycocotools", type=int, default=0, metavar="N")
-  parser.add_argument("--batch-size", type=int, default=2)
+  parser.add_argument("--batch_size", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
   if not args.skip_cocoeval:

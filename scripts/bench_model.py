@@ -2,7 +2,7 @@
 
   python scripts/bench_model.py                           # case1 ResNet-50, 512x1024, batch 1
   python scripts/bench_model.py --model det --size 256x512 --repeats 3
-  python scripts/bench_model.py --counts-only
+  python scripts/bench_model.py --counts_only
 
 Parts, each compiled on its own with inputs of the shapes it sees in the model (random weights,
 random inputs): backbone, FPN, RPN_det (3x3 conv and 1x1 predictors on P2..P6), class-agnostic
@@ -16,8 +16,9 @@ anchor matching and sampling, proposals (top-k, NMS), RoIAlign, post-processing,
 optimizer update. FLOPs are XLA's cost analysis of each compiled program; times are warm medians
 of `--repeats` calls, with the host's load average (other processes slow them down).
 
-Models: `segrpn` = configs/case1.py (roi+rpn), `baseline` = configs/baseline.py, `det` = the
-baseline without its semantic head (what torchvision's Faster R-CNN computes).
+Models (`segrpn_jax.benchmark.paper_config`, the bench scripts' shared config): `segrpn` =
+configs/case1.py (roi+rpn), `baseline` = configs/baseline.py, `det` = the baseline without its
+semantic head (what torchvision's Faster R-CNN computes).
 """
 
 import argparse
@@ -30,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from segrpn_jax import api, benchmark
-from segrpn_jax.configs import baseline, case1
 from segrpn_jax.models import rpn as rpn_lib
 from segrpn_jax.models.fpn import LEVELS, ROI_LEVELS
 
@@ -40,19 +40,6 @@ def parameter_count(config) -> tuple[int, int]:
   shapes = jax.eval_shape(lambda k: api.init_variables(config, k), jax.random.key(0))
   sizes = {c: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for c, v in shapes.items()}
   return sizes.pop("params"), sum(sizes.values())
-
-
-def paper_config(name: str, backbone: str, size: tuple[int, int], batch: int, dtype: str):
-  """The paper config `name` with random weights at `size`."""
-  config = (case1 if name == "segrpn" else baseline).get_config()
-  config.model.backbone = backbone
-  config.model.pretrained = ""
-  config.model.dtype = dtype
-  if name == "det":
-    config.model.semantic_head = False
-  config.data.image_size = size
-  config.train.batch_size = batch
-  return config
 
 
 def _rpn(head: str):
@@ -162,18 +149,18 @@ def whole_programs(config, batch: int, repeats: int) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="segrpn", choices=["segrpn", "baseline", "det"])
+  parser.add_argument("--model", default="segrpn", choices=list(benchmark.MODELS))
   parser.add_argument("--backbone", default="resnet50")
   parser.add_argument("--size", default="512x1024", help="HxW")
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--counts-only", action="store_true", help="parameter counts only")
+  parser.add_argument("--counts_only", action="store_true", help="parameter counts only")
   args = parser.parse_args()
   size = tuple(int(v) for v in args.size.split("x"))
 
   for name in ("segrpn", "baseline", "det"):
-    params, other = parameter_count(paper_config(name, args.backbone, size, 1, "float32"))
+    params, other = parameter_count(benchmark.paper_config(name, size, backbone=args.backbone))
     print(f"{name:9s} {args.backbone}: {params:,} parameters (+{other:,} non-trainable)")
   if args.counts_only:
     return
@@ -181,7 +168,7 @@ def main():
   # `flops` compiles each program a second time: let that be a cache hit.
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="bench_model_cache_"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  config = paper_config(args.model, args.backbone, size, args.batch, args.dtype)
+  config = benchmark.paper_config(args.model, size, args.batch, args.dtype, args.backbone)
   print(
     f"\n{args.model} {args.backbone} {size[0]}x{size[1]} batch {args.batch} {args.dtype} on "
     f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores); warm medians of {args.repeats}"

@@ -26,21 +26,8 @@ import jax
 import numpy as np
 
 from segrpn_jax import benchmark
-from segrpn_jax.configs import baseline, case1
 
-MODELS = {"segrpn": "configs/case1.py (roi+rpn)", "det": "configs/baseline.py, no semantic head"}
-
-
-def make_config(model: str, size: tuple[int, int], batch: int, dtype: str):
-  """The paper config of `model` with random weights at `size`, `batch` images, `dtype`."""
-  config = case1.get_config() if model == "segrpn" else baseline.get_config()
-  if model == "det":
-    config.model.semantic_head = False
-  config.model.pretrained = ""
-  config.model.dtype = dtype
-  config.data.image_size = size
-  config.train.batch_size = config.eval.batch_size = batch
-  return config
+MODELS = ("segrpn", "det")  # of segrpn_jax.benchmark.MODELS
 
 
 def program_gib(jitted, *args, **kwargs) -> float | None:
@@ -68,7 +55,7 @@ def measure(model: str, size: tuple[int, int], batch: int, dtype: str, repeats: 
   # The memory analysis compiles each program again: let that be a cache hit.
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="bench_step_cache_"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  config = make_config(model, size, batch, dtype)
+  config = benchmark.paper_config(model, size, batch, dtype)
   data = benchmark.random_batch(config, batch)
   result = {"model": model, "dtype": dtype, "batch": batch, "device": jax.devices()[0].device_kind}
 
@@ -97,7 +84,7 @@ def _gib(value) -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="segrpn", choices=sorted(MODELS))
+  parser.add_argument("--model", default="segrpn", choices=MODELS)
   parser.add_argument("--size", default="512x1024", help="HxW")
   parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
   parser.add_argument("--batch", nargs="+", type=int, default=[1])
@@ -112,7 +99,8 @@ def main():
     print(json.dumps(measure(args.model, size, int(batch), dtype, args.repeats)))
     return
 
-  print(f"{args.model} ({MODELS[args.model]}), ResNet-50, {size[0]}x{size[1]}, random weights")
+  print(f"{args.model} ({benchmark.MODELS[args.model]}), ResNet-50, {size[0]}x{size[1]}, "
+        "random weights")  # fmt: skip
   print(
     "| dtype | batch | train step s | inference s | train program GiB | inference program GiB "
     "| allocator peak GiB |"

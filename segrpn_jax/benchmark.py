@@ -1,5 +1,6 @@
-"""What the speed benchmarks share: a random batch with the input pipeline's contract, the jitted
-train step and inference of a config, and warm timings.
+"""What the speed benchmarks share: the paper-size config of each benchmarked model, a random
+batch with the input pipeline's contract, the jitted train step and inference of a config, and
+warm timings.
 
 A benchmark must not depend on a dataset being prepared, so `random_batch` draws one: boxes of
 every FPN scale, their instance masks and semantic labels (rectangles of random trainIds), with
@@ -19,6 +20,46 @@ import numpy as np
 
 from segrpn_jax import api
 from segrpn_jax import state as state_lib
+from segrpn_jax.configs import baseline, case1
+
+# The benchmarked models: name -> what it is.
+MODELS = {
+  "segrpn": "configs/case1.py: SegRPN, class-agnostic module, RPN_mask, roi+rpn fusion",
+  "baseline": "configs/baseline.py: Faster R-CNN with the semantic head",
+  "det": "configs/baseline.py without the semantic head: a plain Faster R-CNN",
+}
+
+
+def paper_config(
+  model: str = "segrpn",
+  size: tuple[int, int] = (512, 1024),
+  batch_size: int = 1,
+  dtype: str = "float32",
+  backbone: str = "resnet50",
+) -> ml_collections.ConfigDict:
+  """The paper-size config of a benchmarked model, with random weights (no weights file).
+
+  Args:
+    model: a key of MODELS.
+    size: (height, width) of the images; the paper's is 512x1024.
+    batch_size: images per step, train and evaluation alike.
+    dtype: compute dtype, float32 or bfloat16.
+    backbone: resnet18 | resnet34 | resnet50 | resnet101.
+
+  Returns:
+    The config: every other key as the paper setting has it.
+  """
+  if model not in MODELS:
+    raise ValueError(f"unknown benchmark model {model!r}; one of {', '.join(MODELS)}.")
+  config = case1.get_config() if model == "segrpn" else baseline.get_config()
+  if model == "det":
+    config.model.semantic_head = False
+  config.model.backbone = backbone
+  config.model.pretrained = ""  # random weights: the timing does not depend on their values
+  config.model.dtype = dtype
+  config.data.image_size = tuple(size)
+  config.train.batch_size = config.eval.batch_size = batch_size
+  return config
 
 
 def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0) -> dict:

@@ -86,7 +86,21 @@ def run(main: Callable[..., int | None], *args, **kwargs) -> int:
   return 0 if status is None else int(status)
 
 
+_HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "-helpshort", "--helpfull", "-helpfull")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (app.parse_flags_with_usage), except that --help exits with status 0,
+  as help does in other command-line tools (absl's own exits with 1)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except SystemExit as e:
+    if e.code == 1 and any(arg in _HELP_FLAGS for arg in argv[1:]):
+      raise SystemExit(0) from None
+    raise
+
+
 def app_run(main: Callable[[list[str]], int | None]) -> None:
   """absl's app.run(main) for a tool's `if __name__ == "__main__":`, with UserErrors reported
-  as one block (run above)."""
-  app.run(lambda argv: run(main, argv))
+  as one block (run above) and --help exiting with status 0."""
+  app.run(lambda argv: run(main, argv), flags_parser=parse_flags)

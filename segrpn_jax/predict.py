@@ -1,20 +1,27 @@
 """Prediction on image files with a trained run.
 
   python -m segrpn_jax.predict --workdir=RUN --input=PATH --output=DIR [--step=N] [--fusion=F]
-    [--batch-size=B]
+    [--batch_size=B] [--score_threshold=S]
 
 PATH is a folder (its image files, sorted), a glob or one file. Every image is read with Pillow
 as 8-bit RGB, resized to the run's config.data.image_size and normalised as the input pipeline
 does, run through `api.predict` and mapped back to its own pixels. DIR receives:
 
-  detections.json             COCO results (image_id, category_id 1..8, bbox [x, y, w, h], score)
-  images.json                 COCO `images` entries (id, file_name, height, width)
+  detections.json             a COCO file: `images` (id, file_name, height, width), `categories`
+                              (ids 1..8: person ... bicycle) and `annotations`, every detection
+                              of the model (id, image_id, category_id, bbox [x, y, w, h], area,
+                              score, iscrowd 0); `faster_coco_eval.COCO(path)` or pycocotools
+                              read it, and its `annotations` are what `COCO.loadRes` takes
   semantic/<stem>_labelIds.png  Cityscapes labelIds (uint8) at the image's own size
   foreground/<stem>.png       the class-agnostic foreground probability, round(p * 255)
-  vis/<stem>.png              detections on the image beside the semantic overlay
+  vis/<stem>.png              the detections scoring at least --score_threshold (default 0.5)
+                              on the image, beside the semantic overlay
 
-An image that cannot be read is reported, skipped and listed at the end; the command then exits
-with status 1 after writing every other image.
+The JSON keeps every detection the model returns (down to config.model.roi.score_threshold);
+--score_threshold only thins the pictures. Bad arguments (a --workdir without a run, an --output
+that is a file, an --input without images) are reported before the model is loaded, as one
+message without a traceback. An image that cannot be read is reported, skipped and listed at the
+end; the command then exits with status 1 after writing every other image.
 """
 
 import functools
@@ -31,7 +38,7 @@ from absl import app, flags, logging
 from PIL import Image
 from tqdm import tqdm
 
-from segrpn_jax import api, summaries
+from segrpn_jax import api, checkpointing, errors, summaries
 from segrpn_jax.datasets import labels
 from segrpn_jax.models.rpn import FUSIONS
 from segrpn_jax.ops.resize import resize_bilinear
@@ -43,6 +50,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 # opens as one of these. They are scaled to 8 bits by the 16-bit range (>> 8), not by the image's
 # maximum, so a dark 16-bit image stays dark as it would in any viewer.
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+DEFAULT_SCORE_THRESHOLD = 0.5  # of the drawn detections; our choice, a common one for pictures
 
 
 def train_id_to_label_id_lut() -> np.ndarray:
@@ -82,7 +91,7 @@ def list_images(input_path: str) -> tuple[list[str], str]:
     paths = [p for p in glob.glob(input_path, recursive=True) if os.path.isfile(p)]
     root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
   if not paths:
-    raise FileNotFoundError(
+    raise errors.InputFileError(
       f"--input {input_path!r} names no image files: give a folder of images "
       f"({', '.join(IMAGE_EXTENSIONS)}), a glob such as 'photos/*.jpg' or one file."
     )
@@ -105,7 +114,7 @@ def relative_names(paths: list[str], root: str | None) -> list[str]:
   for path, name in zip(paths, names, strict=True):
     stem = os.path.splitext(name)[0]
     if stem in seen:
-      raise ValueError(
+      raise errors.InputFileError(
         f"{seen[stem]!r} and {path!r} would write the same output files ({stem}.png): "
         "rename one or predict them separately."
       )
@@ -195,6 +204,15 @@ def scale_boxes(boxes_nx4: np.ndarray, own_hw: tuple[int, int], net_hw: tuple[in
   return np.clip(scaled, 0.0, np.float32([w, h] * 2))
 
 
+def coco_categories() -> list[dict]:
+  """The COCO `categories` of the detection classes: ids 1..8 with their Cityscapes names and
+  coarse categories (person -> human, car -> vehicle, ...)."""
+  return [
+    {"id": i + 1, "name": name, "supercategory": labels.LABEL_BY_NAME[name].category}
+    for i, name in enumerate(labels.THING_NAMES)
+  ]
+
+
 def _foreground(out: dict):
   for key in api.FOREGROUND_KEYS:
     if key in out:
@@ -217,6 +235,7 @@ def predict_images(
   batch_size: int = 1,
   root: str | None = None,
   progress: bool = True,
+  score_threshold: float = DEFAULT_SCORE_THRESHOLD,
 ) -> dict:
   """Predicts every image file in `paths` and writes the results under `output_dir`.
 
@@ -229,11 +248,13 @@ def predict_images(
     model: the SegRPN module from api.load.
     variables: its variables.
     paths: image files, in the order that gives their ids 1..N.
-    output_dir: where detections.json, images.json and semantic/, foreground/, vis/ go.
+    output_dir: where detections.json and semantic/, foreground/, vis/ go.
     fusion: the inference fusion (see api.predict); None = the config's.
     batch_size: images per forward pass.
-    root: file_names in images.json and output stems are relative to it; None = basenames.
+    root: file_names in detections.json and output stems are relative to it; None = basenames.
     progress: show a tqdm progress bar.
+    score_threshold: the pictures in vis/ draw the detections scoring at least this; the JSON
+      keeps all of them.
 
   Returns:
     {'images': number written, 'detections': number of detections, 'failed': [(path, error)]
@@ -241,7 +262,7 @@ def predict_images(
     its id (its position in `paths`) unused, so ids do not shift when a file is fixed.
   """
   if batch_size < 1:
-    raise ValueError(f"--batch-size must be at least 1, got {batch_size}.")
+    raise ValueError(f"--batch_size must be at least 1, got {batch_size}.")
   net_hw = tuple(int(v) for v in config.data.image_size)
   names = relative_names(paths, root)
   os.makedirs(output_dir, exist_ok=True)
@@ -268,7 +289,9 @@ def predict_images(
             "image_id": image_id,
             "category_id": int(cls),
             "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "area": (x2 - x1) * (y2 - y1),
             "score": float(score),
+            "iscrowd": 0,
           }
         )
       train_ids, fg = jax.device_get(
@@ -278,7 +301,8 @@ def predict_images(
           *own_hw,
         )
       )
-      picture = summaries.draw_detections(rgb, boxes, det["scores"][i], det["classes"][i], valid)
+      drawn = valid & (np.asarray(det["scores"][i]) >= score_threshold)
+      picture = summaries.draw_detections(rgb, boxes, det["scores"][i], det["classes"][i], drawn)
       if train_ids is not None:
         _write_png(lut[train_ids], os.path.join(output_dir, "semantic", f"{stem}_labelIds.png"))
         picture = np.concatenate([picture, summaries.semantic_overlay(rgb, train_ids)], axis=1)
@@ -319,10 +343,16 @@ def predict_images(
     write(*pending)
   bar.close()
 
+  # Annotation ids from 1 in image order (COCOeval reads id 0 as "unmatched").
+  detections.sort(key=lambda d: d["image_id"])  # stable: each image's own order is kept
+  annotations = [{"id": k + 1, **d} for k, d in enumerate(detections)]
+  coco = {
+    "images": sorted(images, key=lambda entry: entry["id"]),
+    "categories": coco_categories(),
+    "annotations": annotations,
+  }
   with open(os.path.join(output_dir, "detections.json"), "w") as f:
-    json.dump(detections, f)
-  with open(os.path.join(output_dir, "images.json"), "w") as f:
-    json.dump(sorted(images, key=lambda entry: entry["id"]), f, indent=1)
+    json.dump(coco, f)
   return {
     "images": len(images),
     "detections": len(detections),
@@ -347,7 +377,48 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=fv)
   flags.DEFINE_enum("fusion", None, list(FUSIONS), "Inference fusion (default: the config's).",
                     flag_values=fv)  # fmt: skip
-  flags.DEFINE_integer("batch-size", 1, "Images per forward pass.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 1, "Images per forward pass.", lower_bound=1,
+                       flag_values=fv)  # fmt: skip
+  flags.DEFINE_float(
+    "score_threshold", DEFAULT_SCORE_THRESHOLD,
+    "The pictures in vis/ draw the detections scoring at least this; detections.json keeps all.",
+    lower_bound=0.0, upper_bound=1.0, flag_values=fv,
+  )  # fmt: skip
+
+
+def check_arguments(workdir: str, input_path: str, output_dir: str) -> tuple[list[str], str]:
+  """Checks the command's paths before anything is loaded.
+
+  Args:
+    workdir: --workdir, the training run's folder.
+    input_path: --input.
+    output_dir: --output.
+
+  Returns:
+    (image paths, their root) as `list_images` gives them.
+
+  Raises:
+    InputFileError: --workdir is not a folder, --output is an existing file, or --input names
+      no images (or two that would write the same outputs).
+    WorkdirError: --workdir holds no training run (no config.json).
+  """
+  if not os.path.isdir(workdir):
+    raise errors.InputFileError(
+      f"--workdir {workdir!r} is not a folder: give the --workdir of a training run "
+      "(python -m segrpn_jax.main --mode=train --workdir=...)."
+    )
+  if not os.path.isfile(os.path.join(workdir, checkpointing.CONFIG_FILE)):
+    raise errors.WorkdirError(
+      f"--workdir {workdir!r} holds no training run ({checkpointing.CONFIG_FILE} not found): "
+      "give the --workdir a python -m segrpn_jax.main --mode=train run wrote."
+    )
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise errors.InputFileError(
+      f"--output {output_dir!r} is a file: give a folder (new or existing) for the results."
+    )
+  paths, root = list_images(input_path)
+  relative_names(paths, root)
+  return paths, root
 
 
 def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -363,25 +434,25 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
   for name in ("workdir", "input", "output"):
     if not flag[name]:
       raise app.UsageError(f"--{name} is required.")
+  workdir, output_dir = errors.expand_path(flag["workdir"]), errors.expand_path(flag["output"])
+  paths, root = check_arguments(workdir, errors.expand_path(flag["input"]), output_dir)
   try:
-    paths, root = list_images(flag["input"])
-    relative_names(paths, root)
-  except (FileNotFoundError, ValueError) as e:
-    raise SystemExit(str(e)) from e
-  try:
-    config, model, variables = api.load(flag["workdir"], flag["step"])
+    config, model, variables = api.load(workdir, flag["step"])
   except FileNotFoundError as e:
-    raise SystemExit(f"--workdir {flag['workdir']!r} cannot be used: {e}") from e
+    if isinstance(e, errors.UserError):
+      raise
+    raise errors.CheckpointError(f"--workdir {workdir!r} cannot be used: {e}") from e
   start = time.perf_counter()
   summary = predict_images(
     config,
     model,
     variables,
     paths,
-    flag["output"],
+    output_dir,
     fusion=flag["fusion"],
-    batch_size=flag["batch-size"],
+    batch_size=flag["batch_size"],
     root=root,
+    score_threshold=flag["score_threshold"],
   )
   logging.info(
     "Wrote %d images, %d detections to %s in %.1f s.",
@@ -400,4 +471,4 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  errors.app_run(main)

@@ -13,6 +13,11 @@ The ResNet module names mirror torchvision's, so the mapping is mechanical:
 
 torchvision's weights expect RGB in [0, 1] normalised with PIXEL_MEAN and
 PIXEL_STD; the backbone does not normalise its input.
+
+Bad input raises the project's errors (segrpn_jax.errors): a missing file is an
+InputFileError, a file that does not hold a ResNet of the depth a DataError, a
+model that cannot take ImageNet weights a ConfigError, and a `.pth` without torch
+installed a TorchMissingError naming the install command.
 """
 
 import functools
@@ -25,6 +30,7 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
+from segrpn_jax import errors
 from segrpn_jax.models.resnet import STAGE_BLOCKS, ResNet
 from segrpn_jax.models.segrpn import resnet_depth
 
@@ -36,6 +42,14 @@ PIXEL_STD = (0.229, 0.224, 0.225)
 # Keys of a torchvision ResNet state dict that the backbone does not use: the
 # ImageNet classifier and BatchNorm's step counters. They are skipped silently.
 SKIPPED_KEY_PATTERN = re.compile(r"^fc\.(weight|bias)$|(^|\.)num_batches_tracked$")
+
+# What installs torch: the `bench` extra of pyproject.toml (torch and torchvision).
+TORCH_INSTALL = "pip install 'segrpn-jax[bench]'  (from a clone: pip install '.[bench]')"
+
+
+class TorchMissingError(errors.UserError, ImportError):
+  """A `.pth` file needs PyTorch to be read, and it is not installed."""
+
 
 _BN_LEAF_TO_TORCH = {
   "scale": "weight",
@@ -55,20 +69,32 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     key -> NumPy array, keys as in the file.
   """
   if not os.path.exists(path):
-    raise FileNotFoundError(f"Pretrained weights file {path!r} does not exist.")
+    raise errors.InputFileError(
+      f"Pretrained weights file {path!r} does not exist: check the path, or download the "
+      "torchvision ResNet weights and convert them (python -m segrpn_jax.convert_resnet)."
+    )
   ext = os.path.splitext(path)[1].lower()
   if ext in (".pth", ".pt"):
     try:
       import torch  # optional: only .pth files need it
     except ImportError as e:
-      raise ImportError(
-        f"Reading {path!r} needs PyTorch, which is not installed. Convert it once on a "
-        "machine with torch (python -m segrpn_jax.convert_resnet --input X.pth --output X.npz "
-        "--depth N) or pass a .npz/.safetensors file with the same keys."
+      raise TorchMissingError(
+        f"Reading {path!r} needs PyTorch, which is not installed: install it with "
+        f"{TORCH_INSTALL}, or convert the file once on a machine with torch "
+        "(python -m segrpn_jax.convert_resnet --input=X.pth --output=X.npz --depth=N) and "
+        "pass the .npz (a .safetensors file with the same keys works too)."
       ) from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+      state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+      raise errors.DataError(
+        f"Pretrained weights file {path!r} is not a readable .pth file ({e}); re-download it."
+      ) from e
     if not isinstance(state, dict):
-      raise ValueError(f"{path}: expected a state dict (mapping of tensors), got {type(state)}.")
+      raise errors.DataError(
+        f"{path}: expected a state dict (mapping of tensors), got {type(state)}; save "
+        "model.state_dict(), not the model."
+      )
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
   if ext == ".npz":
     with np.load(path, allow_pickle=False) as npz:
@@ -77,11 +103,11 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
       return safetensors.numpy.load_file(path)
     except safetensors.SafetensorError as e:
-      raise ValueError(
+      raise errors.DataError(
         f"Pretrained weights file {path!r} is not a readable safetensors file ({e}); "
         "re-download or re-convert it."
       ) from e
-  raise ValueError(
+  raise errors.DataError(
     f"Pretrained weights file {path!r}: unknown extension {ext!r}; use .pth, .npz or .safetensors."
   )
 
@@ -153,7 +179,7 @@ def variables_from_state_dict(state: dict, depth: int, source: str = "state dict
     in HWIO, BatchNorm affine and running statistics in 'frozen_bn'.
   """
   if depth not in STAGE_BLOCKS:
-    raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}.")
+    raise errors.ConfigError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}.")
   layout = _expected_layout(depth)
   used = {k: v for k, v in state.items() if not SKIPPED_KEY_PATTERN.search(k)}
   missing = sorted(set(layout) - set(used))
@@ -171,7 +197,7 @@ def variables_from_state_dict(state: dict, depth: int, source: str = "state dict
   if misshaped:
     problems.append(f"mis-shaped keys: {_listing(misshaped)}")
   if problems:
-    raise ValueError(
+    raise errors.DataError(
       f"{source} is not a torchvision ResNet-{depth} state dict; {'; '.join(problems)}. "
       "(fc.* and *.num_batches_tracked are skipped.) Check the depth "
       "(config.model.backbone) matches the weights."
@@ -231,18 +257,18 @@ def load_torchvision_resnet(
     or {'params': ..., 'batch_stats': ...} for norm='bn'.
   """
   if width_multiplier != 1.0:
-    raise ValueError(
+    raise errors.ConfigError(
       f"ImageNet ResNet weights ({path!r}) have the standard widths; a model with "
       f"width_multiplier={width_multiplier} cannot take them. Set width_multiplier=1.0 "
       "or train from scratch (pretrained='')."
     )
   if norm not in ("frozen_bn", "bn"):
-    raise ValueError(
+    raise errors.ConfigError(
       f"torchvision ResNet weights ({path!r}) are BatchNorm-trained; norm={norm!r} cannot "
       "take them. Use norm='frozen_bn' or 'bn', or train from scratch (pretrained='')."
     )
   if depth not in STAGE_BLOCKS:
-    raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}.")
+    raise errors.ConfigError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}.")
   variables = variables_from_state_dict(read_state_dict(path), depth, source=path)
   return frozen_bn_to_batch_norm(variables) if norm == "bn" else variables
 
@@ -251,7 +277,7 @@ def check_pretrained_file(config: ml_collections.ConfigDict) -> str:
   """The expanded path of config.model.pretrained; an error naming the key if it is missing."""
   path = os.path.expanduser(config.model.pretrained)
   if config.model.pretrained and not os.path.exists(path):
-    raise FileNotFoundError(
+    raise errors.InputFileError(
       f"config.model.pretrained = {config.model.pretrained!r} does not exist; point it at a "
       "torchvision ResNet state dict (.pth/.npz/.safetensors; python -m segrpn_jax.convert_resnet "
       "makes one) or set it to '' to train from scratch."
@@ -277,7 +303,7 @@ def merge_pretrained_backbone(variables: dict, config: ml_collections.ConfigDict
   m = config.model
   path = check_pretrained_file(config)
   if m.norm not in ("frozen_bn", "bn"):
-    raise ValueError(
+    raise errors.ConfigError(
       f"config.model.pretrained is set but config.model.norm = {m.norm!r}: ImageNet ResNet "
       "weights exist for frozen_bn and bn only; set config.model.norm or pretrained=''."
     )
@@ -287,7 +313,7 @@ def merge_pretrained_backbone(variables: dict, config: ml_collections.ConfigDict
     expected = jax.tree.map(jnp.shape, merged[collection]["backbone"])
     got = jax.tree.map(jnp.shape, tree)
     if expected != got:
-      raise ValueError(
+      raise errors.ConfigError(
         f"config.model.pretrained = {m.pretrained!r} does not fit the {m.backbone} backbone's "
         f"'{collection}' variables (check config.model.backbone and width_multiplier)."
       )

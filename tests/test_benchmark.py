@@ -1,9 +1,11 @@
-"""segrpn_jax.benchmark.random_batch honours the batch contract of docs/architecture.md."""
+"""segrpn_jax.benchmark: random_batch honours the batch contract of docs/architecture.md, and
+paper_config is the paper setting; the configs' `tiny` token that tests and bench_eval share."""
 
 import numpy as np
+import pytest
 
 from segrpn_jax import benchmark
-from segrpn_jax.configs import default
+from segrpn_jax.configs import baseline, case1, default
 
 
 def test_random_batch_has_the_contract_shapes_dtypes_and_consistent_instances():
@@ -40,3 +42,60 @@ def test_random_batch_has_the_contract_shapes_dtypes_and_consistent_instances():
       assert xs.min() >= np.floor(x1) and xs.max() < np.ceil(x2)
       assert ys.min() >= np.floor(y1) and ys.max() < np.ceil(y2)
       assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
+
+
+def _flat(config) -> dict:
+  """Dotted key -> value of a ConfigDict."""
+  out = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(value, f"{prefix}{key}.")
+      else:
+        out[prefix + key] = value
+
+  walk(config.to_dict(), "")
+  return out
+
+
+def test_paper_config_is_the_paper_setting_with_only_the_benchmark_keys_changed():
+  changed = {
+    "model.pretrained": "",
+    "model.dtype": "bfloat16",
+    "model.backbone": "resnet101",
+    "data.image_size": (256, 512),
+    "train.batch_size": 8,
+    "eval.batch_size": 8,
+  }
+  for name, paper, extra in (
+    ("segrpn", case1.get_config(), {}),
+    ("baseline", baseline.get_config(), {}),
+    ("det", baseline.get_config(), {"model.semantic_head": False}),
+  ):
+    config = benchmark.paper_config(name, (256, 512), 8, "bfloat16", "resnet101")
+    expected = {**_flat(paper), **changed, **extra}
+    assert _flat(config) == expected, name
+  segrpn = benchmark.paper_config()  # the defaults: SegRPN at the paper's 512x1024, batch 1
+  assert segrpn.data.image_size == (512, 1024) and segrpn.train.batch_size == 1
+  assert segrpn.model.class_agnostic and segrpn.model.fusion.train == "roi+rpn"
+  with pytest.raises(ValueError, match=r"unknown benchmark model 'yolo'"):
+    benchmark.paper_config("yolo")
+
+
+def test_the_tiny_token_is_synthetic_made_small_in_any_order():
+  synthetic = _flat(case1.get_config("synthetic"))
+  tiny = _flat(case1.get_config("tiny"))
+  for tokens in ("synthetic,tiny", "tiny,synthetic"):
+    assert _flat(case1.get_config(tokens)) == tiny, tokens
+  assert _flat(case1.get_config("roi,tiny"))["model.fusion.train"] == "roi"
+  assert tiny["data.dataset"] == "synthetic_streets/tiny" and tiny["data.image_size"] == (64, 128)
+  assert (tiny["train.batch_size"], tiny["train.num_steps"]) == (2, 2)
+  # Only sizes and the schedule change; the model's structure stays the synthetic one.
+  for key in ("model.backbone", "model.norm", "model.class_agnostic", "model.scale_case",
+              "model.fusion.train", "model.pretrained", "train.base_lr"):  # fmt: skip
+    assert tiny[key] == synthetic[key], key
+  # The scale-case thresholds follow the image: size_scale is the image height over 512.
+  assert tiny["model.size_scale"] == 64 / 512
+  with pytest.raises(ValueError, match=r"unknown config token 'small'.*'synthetic' or 'tiny'"):
+    case1.get_config("small")

@@ -3,6 +3,7 @@ process), its files, and its numbers against api.predict on the same resized inp
 
 import json
 import os
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +12,7 @@ import tensorflow as tf
 from absl import flags
 from PIL import Image
 
-from segrpn_jax import api, predict, train
+from segrpn_jax import api, errors, predict, train
 from segrpn_jax.datasets import labels
 from segrpn_jax.pretrained import PIXEL_MEAN, PIXEL_STD
 from tests.train_config import tiny_train_config
@@ -84,7 +85,7 @@ def predicted(run, image_dir, tmp_path_factory):
   """The command run in process; it must fail (status 1) because of the broken file."""
   output = tmp_path_factory.mktemp("out")
   argv = ["predict", f"--workdir={run}", f"--input={image_dir}", f"--output={output}",
-          f"--batch-size={BATCH_SIZE}"]  # fmt: skip
+          f"--batch_size={BATCH_SIZE}"]  # fmt: skip
   flag_values = flags.FlagValues()
   predict.define_flags(flag_values)
   flag_values(argv)
@@ -140,9 +141,9 @@ def test_list_images_of_a_folder_a_glob_and_a_file(image_dir):
   assert [os.path.basename(p) for p in paths] == ["e_photo.jpg"]
   assert predict.list_images(str(image_dir / "a_rgb.png")) == ([str(image_dir / "a_rgb.png")],
                                                                str(image_dir))  # fmt: skip
-  with pytest.raises(FileNotFoundError, match=r"names no image files"):
+  with pytest.raises(errors.InputFileError, match=r"names no image files"):
     predict.list_images(str(image_dir / "*.tif"))
-  with pytest.raises(ValueError, match=r"a\.png.*a\.jpg|a\.jpg.*a\.png"):
+  with pytest.raises(errors.InputFileError, match=r"a\.png.*a\.jpg|a\.jpg.*a\.png"):
     predict.relative_names(["x/a.jpg", "x/a.png"], "x")
 
 
@@ -150,8 +151,8 @@ def test_the_broken_file_fails_the_command_after_every_other_image(predicted):
   output, code = predicted
   assert isinstance(code, str)  # SystemExit with a message: exit status 1
   assert BROKEN in code and "1 of 8 images could not be read" in code
-  with open(output / "images.json") as f:
-    images = json.load(f)
+  with open(output / "detections.json") as f:
+    images = json.load(f)["images"]
   ids = {entry["file_name"]: entry["id"] for entry in images}
   assert ids == {name: i + 1 + (name > BROKEN) for i, name in enumerate(sorted(SIZES))}
   for entry in images:
@@ -177,10 +178,10 @@ def test_label_ids_are_evaluated_cityscapes_classes(predicted):
 
 def test_boxes_are_api_predict_boxes_scaled_to_each_image(run, image_dir, predicted):
   output, _ = predicted
-  with open(output / "images.json") as f:
-    images = {entry["id"]: entry for entry in json.load(f)}
   with open(output / "detections.json") as f:
-    detections = json.load(f)
+    coco = json.load(f)
+  images = {entry["id"]: entry for entry in coco["images"]}
+  detections = coco["annotations"]
   config, model, variables = api.load(run)
   net_h, net_w = config.data.image_size
   checked = 0
@@ -209,10 +210,113 @@ def test_boxes_are_api_predict_boxes_scaled_to_each_image(run, image_dir, predic
   assert checked > 0, "the tiny run should detect something to compare"
 
 
-def test_a_workdir_without_a_run_is_one_readable_error(tmp_path, image_dir):
-  argv = ["predict", f"--workdir={tmp_path}", f"--input={image_dir}", f"--output={tmp_path}/o"]
+def test_detections_json_is_a_coco_file_with_the_thing_categories(predicted):
+  from faster_coco_eval import COCO
+
+  output, _ = predicted
+  with open(output / "detections.json") as f:
+    coco = json.load(f)
+  assert coco["categories"] == [
+    {"id": 1, "name": "person", "supercategory": "human"},
+    {"id": 2, "name": "rider", "supercategory": "human"},
+    {"id": 3, "name": "car", "supercategory": "vehicle"},
+    {"id": 4, "name": "truck", "supercategory": "vehicle"},
+    {"id": 5, "name": "bus", "supercategory": "vehicle"},
+    {"id": 6, "name": "train", "supercategory": "vehicle"},
+    {"id": 7, "name": "motorcycle", "supercategory": "vehicle"},
+    {"id": 8, "name": "bicycle", "supercategory": "vehicle"},
+  ]
+  annotations = coco["annotations"]
+  assert [a["id"] for a in annotations] == list(range(1, len(annotations) + 1))
+  assert [a["image_id"] for a in annotations] == sorted(a["image_id"] for a in annotations)
+  for a in annotations:
+    _, _, w, h = a["bbox"]
+    assert a["area"] == pytest.approx(w * h, rel=1e-6) and a["iscrowd"] == 0
+  # The file reads as a COCO dataset, and its annotations as COCO results against it.
+  loaded = COCO(str(output / "detections.json"))
+  assert sorted(loaded.getCatIds()) == list(range(1, 9))
+  assert len(loaded.getAnnIds()) == len(annotations) and len(loaded.getImgIds()) == len(SIZES)
+  results = loaded.loadRes(annotations)
+  assert len(results.getAnnIds()) == len(annotations)
+
+
+def test_the_score_threshold_thins_the_pictures_not_the_json(run, image_dir, tmp_path):
+  config, model, variables = api.load(run)
+  path = str(image_dir / "a_rgb.png")
+  rgb = predict.load_image(path)
+  written = {}
+  for threshold in (0.0, 1.0):
+    out = tmp_path / f"t{threshold}"
+    predict.predict_images(config, model, variables, [path], str(out), batch_size=BATCH_SIZE,
+                           progress=False, score_threshold=threshold)  # fmt: skip
+    with open(out / "detections.json") as f:
+      annotations = json.load(f)["annotations"]
+    left = np.asarray(Image.open(out / "vis" / "a_rgb.png"))[:, : rgb.shape[1]]
+    written[threshold] = annotations, left
+  (every, all_drawn), (same, none_drawn) = written[0.0], written[1.0]
+  assert every == same and every  # the JSON keeps every detection at any threshold
+  assert max(a["score"] for a in every) < 1.0
+  np.testing.assert_array_equal(none_drawn, rgb)  # nothing scores 1: the bare image
+  assert (all_drawn != rgb).any()  # threshold 0: every box drawn
+
+
+def _main_with(argv: list[str]):
   flag_values = flags.FlagValues()
   predict.define_flags(flag_values)
-  flag_values(argv)
-  with pytest.raises(SystemExit, match=r"--workdir .* cannot be used: .*config\.json not found"):
-    predict.main(argv[:1], flag_values)
+  flag_values(["predict", *argv])
+  return lambda: predict.main(["predict"], flag_values)
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+  """api.load fails the test: the argument checks must come before the model is loaded."""
+
+  def fail(*args, **kwargs):
+    raise AssertionError("the model was loaded before the arguments were checked")
+
+  monkeypatch.setattr(predict.api, "load", fail)
+
+
+def test_bad_arguments_are_one_message_before_the_model_is_loaded(
+  run, image_dir, tmp_path, no_model_loading, capsys
+):
+  (tmp_path / "a_file").write_text("x")
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "not_a_run").mkdir()
+  out = f"--output={tmp_path}/o"
+  cases = [
+    ([f"--workdir={tmp_path}/nowhere", f"--input={image_dir}", out], errors.InputFileError,
+     r"--workdir '.*nowhere' is not a folder"),
+    ([f"--workdir={tmp_path}/not_a_run", f"--input={image_dir}", out], errors.WorkdirError,
+     r"holds no training run \(config\.json not found\)"),
+    ([f"--workdir={run}", f"--input={image_dir}", f"--output={tmp_path}/a_file"],
+     errors.InputFileError, r"--output '.*a_file' is a file: give a folder"),
+    ([f"--workdir={run}", f"--input={tmp_path}/empty", out], errors.InputFileError,
+     r"--input '.*empty' names no image files"),
+  ]  # fmt: skip
+  for argv, kind, message in cases:
+    main = _main_with(argv)
+    with pytest.raises(kind, match=message):
+      main()
+    # Through errors.run, as `python -m segrpn_jax.predict` runs it: one block, status 2.
+    assert errors.run(main) == errors.EXIT_USER_ERROR
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: --") and "Traceback" not in stderr, stderr
+  assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_score_threshold_and_batch_size_flags_are_bounded():
+  for argv in (["--score_threshold=1.5"], ["--score_threshold=-0.1"], ["--batch_size=0"]):
+    flag_values = flags.FlagValues()
+    predict.define_flags(flag_values)
+    with pytest.raises(flags.IllegalFlagValueError):
+      flag_values(["predict", *argv])
+
+
+def test_a_workdir_without_a_checkpoint_is_one_readable_error(tmp_path, run, image_dir):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_bytes((pathlib.Path(run) / "config.json").read_bytes())
+  main = _main_with([f"--workdir={workdir}", f"--input={image_dir}", f"--output={tmp_path}/o"])
+  with pytest.raises(errors.UserError, match=r"no checkpoint in .*checkpoints"):
+    main()

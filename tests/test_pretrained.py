@@ -5,8 +5,7 @@ The torchvision layout below is our own table of torchvision's ResNet definition
 on that state dict in torchvision's NCHW/OIHW layout.
 """
 
-import importlib.util
-import pathlib
+import subprocess
 import sys
 
 import jax
@@ -14,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
+from absl import flags
 
-from segrpn_jax import pretrained
+from segrpn_jax import convert_resnet, errors, pretrained
 from segrpn_jax.models.resnet import ResNet
 
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -235,7 +235,7 @@ def test_batch_norm_variables_for_a_bn_resnet(tmp_path, r18_state):
     "layer3.0.bn1.running_var": ("batch_stats", "layer3", "block0", "bn1", "var"),
   }.items():
     np.testing.assert_array_equal(_get(variables, path_), r18_state[key], err_msg=key)
-  with pytest.raises(ValueError, match=r"norm='gn' cannot take them"):
+  with pytest.raises(errors.ConfigError, match=r"norm='gn' cannot take them"):
     pretrained.load_torchvision_resnet(path, 18, norm="gn")
 
 
@@ -247,43 +247,50 @@ def _write_npz(path, state):
 def test_missing_key_is_named(tmp_path, r18_state):
   state = dict(r18_state)
   del state["layer3.1.bn2.running_var"]
-  with pytest.raises(ValueError, match=r"missing keys: layer3\.1\.bn2\.running_var"):
+  with pytest.raises(errors.DataError, match=r"missing keys: layer3\.1\.bn2\.running_var"):
     pretrained.load_torchvision_resnet(_write_npz(tmp_path / "m.npz", state), 18)
 
 
 def test_unexpected_key_is_named(tmp_path, r18_state):
   state = dict(r18_state, **{"layer5.0.conv1.weight": np.zeros((1, 1, 1, 1), np.float32)})
-  with pytest.raises(ValueError, match=r"unexpected keys: layer5\.0\.conv1\.weight"):
+  with pytest.raises(errors.DataError, match=r"unexpected keys: layer5\.0\.conv1\.weight"):
     pretrained.load_torchvision_resnet(_write_npz(tmp_path / "u.npz", state), 18)
 
 
 def test_misshaped_key_is_named(tmp_path, r18_state):
   state = dict(r18_state, **{"layer2.0.downsample.0.weight": np.zeros((128, 64, 3, 3))})
-  with pytest.raises(ValueError, match=r"layer2\.0\.downsample\.0\.weight is \(128, 64, 3, 3\)"):
+  with pytest.raises(
+    errors.DataError, match=r"layer2\.0\.downsample\.0\.weight is \(128, 64, 3, 3\)"
+  ):
     pretrained.load_torchvision_resnet(_write_npz(tmp_path / "s.npz", state), 18)
 
 
 def test_wrong_depth_is_reported(tmp_path, r18_state):
-  with pytest.raises(ValueError, match=r"ResNet-34 state dict; missing keys: layer1\.2\."):
+  with pytest.raises(errors.DataError, match=r"ResNet-34 state dict; missing keys: layer1\.2\."):
     pretrained.load_torchvision_resnet(_write_npz(tmp_path / "d.npz", r18_state), 34)
 
 
 def test_width_multiplier_cannot_take_imagenet_weights(tmp_path):
-  with pytest.raises(ValueError, match=r"width_multiplier=0\.25"):
+  with pytest.raises(errors.ConfigError, match=r"width_multiplier=0\.25"):
     pretrained.load_torchvision_resnet(str(tmp_path / "any.npz"), 50, width_multiplier=0.25)
 
 
 def test_bad_files_are_explained(tmp_path, monkeypatch):
-  with pytest.raises(FileNotFoundError, match=r"nowhere\.npz"):
+  with pytest.raises(errors.InputFileError, match=r"nowhere\.npz' does not exist"):
     pretrained.load_torchvision_resnet(str(tmp_path / "nowhere.npz"), 50)
   (tmp_path / "w.bin").write_bytes(b"0")
-  with pytest.raises(ValueError, match=r"unknown extension '\.bin'"):
+  with pytest.raises(errors.DataError, match=r"unknown extension '\.bin'"):
     pretrained.load_torchvision_resnet(str(tmp_path / "w.bin"), 50)
   # Without torch a .pth is refused with the way out, whether or not torch is installed here.
   monkeypatch.setitem(sys.modules, "torch", None)
   (tmp_path / "w.pth").write_bytes(b"0")
-  with pytest.raises(ImportError, match=r"needs PyTorch.*segrpn_jax\.convert_resnet"):
+  with pytest.raises(pretrained.TorchMissingError) as error:
     pretrained.load_torchvision_resnet(str(tmp_path / "w.pth"), 50)
+  message = str(error.value)
+  assert message.startswith(f"Reading {str(tmp_path / 'w.pth')!r} needs PyTorch")
+  assert "pip install '.[bench]'" in message and "segrpn_jax.convert_resnet" in message
+  # A project error (printed without traceback by the tools), still an ImportError to callers.
+  assert isinstance(error.value, errors.UserError) and isinstance(error.value, ImportError)
 
 
 def test_safetensors_files_are_read_through_the_package(tmp_path):
@@ -303,23 +310,45 @@ def test_safetensors_files_are_read_through_the_package(tmp_path):
 
   # A truncated file is one ValueError that names it, not the package's own exception.
   (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:-4])
-  with pytest.raises(ValueError, match=r"cut\.safetensors' is not a readable safetensors file"):
+  with pytest.raises(
+    errors.DataError, match=r"cut\.safetensors' is not a readable safetensors file"
+  ):
     pretrained.load_torchvision_resnet(str(tmp_path / "cut.safetensors"), 18)
 
 
-def test_convert_script_writes_an_equivalent_npz(tmp_path, r18_state):
-  script = pathlib.Path(__file__).parents[1] / "segrpn_jax" / "convert_resnet.py"
-  spec = importlib.util.spec_from_file_location("convert_resnet", script)
-  convert = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(convert)
+def _convert(argv):
+  """segrpn_jax.convert_resnet's main with absl flags parsed from argv, in process."""
+  flag_values = flags.FlagValues()
+  convert_resnet.define_flags(flag_values)
+  flag_values(["convert_resnet", *argv])
+  return convert_resnet.main(["convert_resnet"], flag_values)
+
+
+def test_convert_command_writes_an_equivalent_npz(tmp_path, r18_state, capsys):
   source = tmp_path / "r18.safetensors"
   safetensors.numpy.save_file(r18_state, source)
-  output = tmp_path / "r18.npz"
-  assert convert.main(["--input", str(source), "--output", str(output), "--depth", "18"]) == 0
+  output = tmp_path / "weights" / "r18.npz"  # its folder is created
+  _convert([f"--input={source}", f"--output={output}", "--depth=18"])
+  assert capsys.readouterr().out.startswith(f"Wrote {output}: {len(r18_state)} keys")
   with np.load(output) as npz:
     assert sorted(npz.files) == sorted(r18_state)
     for key in ("conv1.weight", "layer4.1.bn2.running_var", "fc.bias"):
       np.testing.assert_array_equal(npz[key], r18_state[key])
-  with pytest.raises(ValueError, match="ResNet-50 state dict"):
-    convert.main(["--input", str(source), "--output", str(tmp_path / "x.npz"), "--depth", "50"])
+  with pytest.raises(errors.DataError, match="ResNet-50 state dict"):
+    _convert([f"--input={source}", f"--output={tmp_path / 'x.npz'}", "--depth=50"])
   assert not (tmp_path / "x.npz").exists()
+  with pytest.raises(errors.InputFileError, match=r"--output must end in \.npz"):
+    _convert([f"--input={source}", f"--output={tmp_path / 'x.pth'}", "--depth=18"])
+  with pytest.raises(flags.IllegalFlagValueError):
+    _convert([f"--input={source}", f"--output={output}", "--depth=19"])
+
+
+def test_convert_command_reports_a_missing_file_without_a_traceback(tmp_path):
+  done = subprocess.run(
+    [sys.executable, "-m", "segrpn_jax.convert_resnet", f"--input={tmp_path}/nowhere.pth",
+     f"--output={tmp_path}/w.npz", "--depth=50"],
+    capture_output=True, text=True, cwd=tmp_path,
+  )  # fmt: skip
+  assert done.returncode == errors.EXIT_USER_ERROR, done.stderr
+  assert done.stderr.startswith(f"error: Pretrained weights file '{tmp_path}/nowhere.pth' does")
+  assert "Traceback" not in done.stderr
