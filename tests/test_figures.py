@@ -80,9 +80,8 @@ def runs(tmp_path_factory):
 
 
 def _draw(figure: str, *workdirs: str, extra: tuple[str, ...] = ()) -> matplotlib.figure.Figure:
-  argv = [figure, "--output", "unused.png", "--image", str(IMAGE), *extra]
-  for workdir in workdirs:
-    argv += ["--workdir", workdir]
+  argv = [f"--figure={figure}", "--output=unused.png", f"--image={IMAGE}", *extra]
+  argv += [f"--workdir={workdir}" for workdir in workdirs]
   return figures.DRAW[figure](figures.parse_args(argv))
 
 
@@ -169,7 +168,7 @@ def test_rpn_maps_figure_draws_three_probability_maps_per_level(runs, loaded):
 
 def test_missed_objects_figure_on_segrpn_without_rpn_mask(runs):
   config, workdir = runs["variant"]
-  fig = _draw("missed-objects", workdir, extra=("--min_side", "8"))
+  fig = _draw("missed-objects", workdir, extra=("--min_side=8",))
   assert len(fig.axes) == 3  # the image, the class-agnostic and the semantic map
   assert fig.axes[1].get_title().startswith("class-agnostic segmentation")
   assert fig.axes[2].get_title().startswith("semantic segmentation")
@@ -215,33 +214,72 @@ def test_every_figure_writes_a_png(runs, tmp_path):
     ("missed-objects", [variant]),
   ]:
     output = str(tmp_path / f"{figure}.png")
-    argv = [figure, "--output", output, "--image", str(IMAGE)]
-    assert figures.main(argv + [a for w in workdirs for a in ("--workdir", w)]) == 0
+    argv = [f"--figure={figure}", f"--output={output}", f"--image={IMAGE}"]
+    assert figures.run_command(argv + [f"--workdir={w}" for w in workdirs]) == 0
     with Image.open(output) as png:
       assert png.format == "PNG" and png.width > 100 and png.height > 100
+
+
+def _error(capsys) -> str:
+  """The one error block the command printed (and that it carries no traceback)."""
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "Traceback" not in err
+  return err
 
 
 def test_bad_input_is_one_readable_error(runs, tmp_path, capsys):
   config, workdir = runs["segrpn"]
   output = str(tmp_path / "x.png")
-  assert figures.main(["rpn-maps", "--workdir", workdir, "--output", output, "--image", "4"]) == 2
-  assert "image 4 is not in the validation split, which has 4 images" in capsys.readouterr().err
+  run = figures.run_command
+  assert run(["--figure=rpn-maps", f"--workdir={workdir}", f"--output={output}", "--image=4"]) == 2
+  assert "image 4 is not in the validation split, which has 4 images" in _error(capsys)
   empty = str(tmp_path / "empty")
   checkpointing.save_config(empty, config)  # a run that never saved a checkpoint
-  assert figures.main(["missed-objects", "--workdir", empty, "--output", output]) == 2
-  assert "has no checkpoint" in capsys.readouterr().err
+  assert run(["--figure=missed-objects", f"--workdir={empty}", f"--output={output}"]) == 2
+  assert "has no checkpoint" in _error(capsys)
   baseline = config.copy_and_resolve_references()
   baseline.model.class_agnostic = False
   checkpointing.save_config(str(tmp_path / "baseline"), baseline)
-  argv = ["loss-curves", "--output", output, "--workdir"]
-  assert figures.main([*argv, str(tmp_path / "baseline")]) == 2
-  assert "is a baseline run" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
-  assert figures.main([*argv, runs["variant"][1]]) == 2
-  assert "without RPN_mask (config.model.rpn_mask False)" in capsys.readouterr().err
-  argv = ["proposal-filtering", "--output", output, "--fusion", "roi", "--workdir"]
-  assert figures.main([*argv, runs["variant"][1]]) == 2
-  assert "fusion = 'roi' fuses RPN_mask into RPN_det" in capsys.readouterr().err
-  assert figures.main(["fg-rois", "--workdir", empty, "--output", output]) == 2
-  assert "no TensorBoard event files" in capsys.readouterr().err
-  assert figures.main(["fg-rois", "--workdir", str(tmp_path), "--output", output]) == 2
-  assert "is not a training run (no config.json)" in capsys.readouterr().err
+  argv = ["--figure=loss-curves", f"--output={output}"]
+  assert run([*argv, f"--workdir={tmp_path / 'baseline'}"]) == 2
+  assert "is a baseline run" in _error(capsys) and not (tmp_path / "x.png").exists()
+  assert run([*argv, f"--workdir={runs['variant'][1]}"]) == 2
+  assert "without RPN_mask (config.model.rpn_mask False)" in _error(capsys)
+  argv = ["--figure=proposal-filtering", f"--output={output}", "--fusion=roi"]
+  assert run([*argv, f"--workdir={runs['variant'][1]}"]) == 2
+  assert "fusion = 'roi' fuses RPN_mask into RPN_det" in _error(capsys)
+  assert run(["--figure=fg-rois", f"--workdir={empty}", f"--output={output}"]) == 2
+  assert "no TensorBoard event files" in _error(capsys)
+  assert run(["--figure=fg-rois", f"--workdir={tmp_path}", f"--output={output}"]) == 2
+  assert "is not a training run (no config.json)" in _error(capsys)
+
+
+def test_command_line_flags_and_their_errors(capsys):
+  args = figures.parse_args(
+    ["--figure=fg-rois", "--workdir=a", "--workdir=b", "--output=f.png", "--min_side=8.5"]
+  )
+  assert (args.figure, args.workdir, args.output) == ("fg-rois", ["a", "b"], "f.png")
+  assert (args.image, args.split, args.fusion, args.min_side) == (0, None, None, 8.5)
+  args = figures.parse_args(
+    ["--figure=rpn-maps", "--workdir=a", "--output=f.png", "--image=2", "--split=train",
+     "--fusion=roi+rpn"]
+  )  # fmt: skip
+  assert (args.image, args.split, args.fusion, args.min_side) == (2, "train", "roi+rpn", None)
+  for argv, message in [
+    (["--workdir=a", "--output=f.png"], "--figure is required: one of rpn-features, rpn-maps,"),
+    (["--figure=rpn-maps", "--output=f.png"], "--workdir is required for the rpn-maps figure"),
+    (["--figure=rpn-maps", "--workdir=a"], "--output is required for the rpn-maps figure"),
+    (["--figure=rpn-map", "--workdir=a", "--output=f.png"], "value should be one of"),
+    (["--figure=rpn-maps", "--workdir=a", "--output=f.png", "--fusion=both"],
+     "flag --fusion=both: value should be one of <none|rpn|roi|roi+rpn>"),
+    (["--figure=rpn-maps", "--workdir=a", "--output=f.png", "--image=one"],
+     "flag --image=one: invalid literal for int()"),
+    (["--figure=rpn-maps", "--workdir=a", "--output=f.png", "--scale=2"],
+     "Unknown command line flag 'scale'"),
+    (["rpn-maps", "--workdir=a", "--output=f.png"],
+     "unexpected arguments ['rpn-maps']; every option is a --flag=value"),
+    (["--figure=rpn-maps", "--workdir=a", "--workdir=b", "--output=f.png"],
+     "rpn-maps draws one run, but --workdir was given 2 times"),
+  ]:  # fmt: skip
+    assert figures.run_command(argv) == 2, argv
+    assert message in _error(capsys), argv

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from segrpn_jax import api, checkpointing, input_pipeline, pretrained
+from segrpn_jax import api, checkpointing, errors, input_pipeline, pretrained
 from segrpn_jax.models import segrpn as segrpn_lib
 from segrpn_jax.ops import scale as scale_ops
 
@@ -44,10 +44,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     The run's config.
 
   Raises:
-    FileNotFoundError: when `workdir` holds no run.
+    errors.InputFileError: when `workdir` holds no run.
   """
   if not os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILE)):
-    raise FileNotFoundError(
+    raise errors.InputFileError(
       f"{workdir} is not a training run (no {checkpointing.CONFIG_FILE}); pass the --workdir "
       "of a `python -m segrpn_jax.main` run."
     )
@@ -63,7 +63,7 @@ def require_rpn_mask(config: ml_collections.ConfigDict, workdir: str, figure: st
     if not config.model.class_agnostic
     else "a SegRPN run without RPN_mask (config.model.rpn_mask False)"
   )
-  raise ValueError(
+  raise errors.ConfigError(
     f"{workdir} is {what}, which has no RPN_mask; the {figure} figure needs a SegRPN run "
     "with RPN_mask (configs/segrpn.py or configs/case*.py)."
   )
@@ -81,14 +81,14 @@ def load_run(workdir: str, figure: str, needs_rpn_mask: bool = False):
     (config, model, variables) as `api.load` returns them.
 
   Raises:
-    FileNotFoundError: no run or no checkpoint in `workdir`.
-    ValueError: a baseline run for a figure that needs RPN_mask.
+    errors.InputFileError, errors.CheckpointError: no run or no checkpoint in `workdir`.
+    errors.ConfigError: a run without RPN_mask for a figure that needs it.
   """
   config = load_config(workdir)
   if needs_rpn_mask:
     require_rpn_mask(config, workdir, figure)
   if not glob.glob(os.path.join(checkpointing.checkpoint_dir(workdir), "*")):
-    raise FileNotFoundError(
+    raise errors.CheckpointError(
       f"{workdir} has no checkpoint (nothing in {checkpointing.checkpoint_dir(workdir)}); the "
       f"{figure} figure needs trained weights: train first or pass another --workdir."
     )
@@ -107,7 +107,7 @@ def eval_example(config: ml_collections.ConfigDict, index: int, split: str | Non
     The batch dict with leading axis 1.
 
   Raises:
-    IndexError: when `index` is past the end of the split.
+    errors.DataError: when `index` is past the end of the split.
   """
   config = ml_collections.ConfigDict(config.to_dict())
   if split is not None:
@@ -116,9 +116,9 @@ def eval_example(config: ml_collections.ConfigDict, index: int, split: str | Non
   # of the right batch is returned.
   data = input_pipeline.create_eval_dataset(config, process_index=0, process_count=1)
   if not 0 <= index < data.num_examples:
-    raise IndexError(
+    raise errors.DataError(
       f"image {index} is not in the {config.data.eval_split} split, which has "
-      f"{data.num_examples} images; pass --image 0..{data.num_examples - 1}."
+      f"{data.num_examples} images; pass --image=0..{data.num_examples - 1}."
     )
   for i, batch in enumerate(data):
     if i == index // data.batch_size:
@@ -172,13 +172,13 @@ def rpn_map_images(maps: dict, fusion: str = "none", index: int = 0) -> dict:
     (probabilities, in the order of config.model.anchor.aspect_ratios), float32.
 
   Raises:
-    ValueError: a fusion other than 'none' on a run without RPN_mask.
+    errors.ConfigError: a fusion other than 'none' on a run without RPN_mask.
   """
   out = {}
   for level, m in maps.items():
     if fusion != "none" and "fused_objectness" not in m:
-      raise ValueError(
-        f"fusion {fusion!r} needs RPN_mask, which the run has not; pass --fusion none."
+      raise errors.ConfigError(
+        f"fusion {fusion!r} needs RPN_mask, which the run has not; pass --fusion=none."
       )
     features = m["fused_features"] if fusion in ("rpn", "roi+rpn") else m["rpn_det_features"]
     objectness = m["rpn_det_objectness"] if fusion == "none" else m["fused_objectness"][fusion]
@@ -345,11 +345,11 @@ def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     tag -> (steps int64 [T] ascending, values float64 [T]).
 
   Raises:
-    FileNotFoundError: when `workdir` holds no event file.
+    errors.InputFileError: when `workdir` holds no event file.
   """
   paths = sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*")))
   if not paths:
-    raise FileNotFoundError(
+    raise errors.InputFileError(
       f"no TensorBoard event files (events.out.tfevents.*) in {workdir}; pass the --workdir of "
       "a training run."
     )
@@ -383,12 +383,12 @@ def loss_series(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     {tag: (steps, values)} for the four LOSS_TAGS.
 
   Raises:
-    ValueError: when the run logged no RPN_mask losses (a baseline run).
+    errors.DataError: when the run logged no RPN_mask losses (a baseline run).
   """
   scalars = read_scalars(workdir)
   missing = [tag for tag in LOSS_TAGS if tag not in scalars]
   if missing:
-    raise ValueError(
+    raise errors.DataError(
       f"{workdir} logged no {', '.join(missing)}: the loss-curves figure compares RPN_det with "
       "RPN_mask and needs a SegRPN run (a baseline run has no RPN_mask)."
     )
@@ -408,7 +408,7 @@ def fg_roi_series(workdir: str) -> tuple[np.ndarray, np.ndarray]:
     (steps, foreground ROIs per 2000 proposals).
 
   Raises:
-    ValueError: when the run logged neither key.
+    errors.DataError: when the run logged neither key.
   """
   scalars = read_scalars(workdir)
   if "train/fg_rois_per_2000" in scalars:
@@ -416,7 +416,7 @@ def fg_roi_series(workdir: str) -> tuple[np.ndarray, np.ndarray]:
   if "train/fg_roi_fraction" in scalars:
     steps, fraction = scalars["train/fg_roi_fraction"]
     return steps, fraction * 2000.0
-  raise ValueError(
+  raise errors.DataError(
     f"{workdir} logged neither train/fg_rois_per_2000 nor train/fg_roi_fraction; pass the "
     "--workdir of a training run that has logged at least once."
   )
@@ -525,13 +525,13 @@ def foreground_maps(outputs: dict, index: int = 0) -> dict[str, np.ndarray]:
      'semantic': [H, W] (the semantic head's total thing probability, with a semantic head)}.
 
   Raises:
-    ValueError: a run with neither map.
+    errors.ConfigError: a run with neither map.
   """
   out = {
     name: np.asarray(outputs[key][index]) for name, key in FOREGROUND_MAPS.items() if key in outputs
   }
   if not out:
-    raise ValueError(
+    raise errors.ConfigError(
       "the run has neither a class-agnostic module nor a semantic head, so there is no "
       "foreground map; the missed-objects figure needs config.model.semantic_head or "
       "config.model.class_agnostic."

@@ -1,9 +1,9 @@
 """Draws the paper's figures from a training run; the numbers come from segrpn_jax.paper.analysis.
 
-  python -m segrpn_jax.paper.figures FIGURE --workdir RUN --output FILE.png [--image N]
-      [--split validation] [--fusion F] [--min_side PX]
+  python -m segrpn_jax.paper.figures --figure=NAME --workdir=RUN --output=FILE.png [--image=N]
+      [--split=SPLIT] [--fusion=F] [--min_side=PX]
 
-FIGURE:
+--figure:
   rpn-features        Fig. 1 (its ResNet+FPN half): the RPN feature map (channel mean) of every
                       level 2-6 beside the image, grayscale, darker = lower activation.
   rpn-maps            Fig. 3a: per level 2-6 one RPN feature map and three ROI probability maps,
@@ -13,35 +13,38 @@ FIGURE:
                       box, before top-k and NMS) overlap a ground truth at IoU > 0.5 (yellow),
                       and after filtering with the run's training counts (the paper's 2000
                       proposals) the positions of true (green) and false (red) positive
-                      proposals; TP/FP/FN proposals per level and a legend. --fusion defaults to
-                      the run's training fusion.
+                      proposals; TP/FP/FN proposals per level (FN: proposals above IoU 0.5
+                      that filtering dropped) and a legend. --fusion defaults to the run's
+                      training fusion.
   loss-curves         Fig. 4: objectness and box losses of RPN_det and RPN_mask against the step.
   missed-objects      Fig. 5: the image with ground truth (blue), detections (red) and the large
                       ground truths (sqrt(area) >= --min_side input pixels, default
                       64 x config.model.size_scale: 64 at 512x1024) that no detection finds but
                       the class-agnostic or semantic foreground covers by >= 50 % (green), with a
                       legend and counts; beside it the class-agnostic and the semantic map. The
-                      paper's network is SegRPN without RPN_mask (configs/segrpn.py:no_rpn_mask).
+                      paper's network is SegRPN without RPN_mask: train it with
+                      --config=configs/segrpn.py:synthetic,no_rpn_mask (or :no_rpn_mask).
   fg-rois             Fig. 6: foreground ROIs per 2000 proposals after NMS against the step;
                       repeat --workdir to overlay runs, each named by its setting and fusion.
   scale-division      Fig. 7: one image's class-agnostic ground truth and its division into levels
                       2..6 under case1, case2 and case3 (needs only the run's config and data).
 
-Run from the repository root, like the main job.
+A problem with the command line, the run or the image is reported as one error block (exit
+status 2); --verbose adds the traceback.
 """
 
-import argparse
-import sys
+import types
 
 import jax
 import matplotlib
 import numpy as np
+from absl import flags
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.patches as mpatches
 import matplotlib.pyplot as plt
 
-from segrpn_jax import api
+from segrpn_jax import api, errors
 from segrpn_jax.datasets import labels
 from segrpn_jax.models import rpn as rpn_lib
 from segrpn_jax.paper import analysis
@@ -55,6 +58,7 @@ FIGURES = (
   "scale-division",
   "missed-objects",
 )
+_FLAG_NAMES = ("figure", "workdir", "output", "image", "split", "fusion", "min_side")
 
 
 def _image_batch(config, args):
@@ -326,47 +330,110 @@ DRAW = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-  """The command line of `main` (argv without the program name; None = sys.argv[1:])."""
-  parser = argparse.ArgumentParser(
-    description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the command's flags in `flag_values`.
+
+  Called by the command itself, not at import, so that importing this module next to
+  segrpn_jax.main (which defines --workdir too) does not define a flag twice.
+
+  Args:
+    flag_values: where to define them; `parse_args` uses a fresh flags.FlagValues().
+  """
+  fv = flag_values
+  flags.DEFINE_enum("figure", None, list(FIGURES), "The figure to draw.", flag_values=fv)
+  flags.DEFINE_multi_string(
+    "workdir", [], "A training run; repeat it for fg-rois to overlay runs.", flag_values=fv
   )
-  parser.add_argument("figure", choices=FIGURES)
-  parser.add_argument("--workdir", action="append", required=True, help="a training run")
-  parser.add_argument("--output", required=True, help="the PNG file to write")
-  parser.add_argument("--image", type=int, default=0, help="index in the evaluation split")
-  parser.add_argument("--split", default=None, help="TFDS split (default: the run's eval split)")
-  parser.add_argument(
-    "--fusion",
-    choices=rpn_lib.FUSIONS,
-    help="the RPN fusion (default: the run's training fusion for proposal-filtering, its "
-    "inference fusion otherwise)",
+  flags.DEFINE_string("output", None, "The PNG file to write.", flag_values=fv)
+  flags.DEFINE_integer("image", 0, "Index of the image in the evaluation split.", flag_values=fv)
+  flags.DEFINE_string("split", None, "TFDS split (default: the run's eval split).", flag_values=fv)
+  flags.DEFINE_enum(
+    "fusion",
+    None,
+    list(rpn_lib.FUSIONS),
+    "The RPN fusion (default: the run's training fusion for proposal-filtering, its inference "
+    "fusion otherwise).",
+    flag_values=fv,
   )
-  parser.add_argument(
-    "--min_side",
-    type=float,
-    default=None,
-    help="missed-objects: sqrt(box area) in input pixels from which an object is large "
-    "(default: 64 x config.model.size_scale)",
+  flags.DEFINE_float(
+    "min_side",
+    None,
+    "missed-objects: sqrt(box area) in input pixels from which an object is large (default: "
+    "64 x config.model.size_scale).",
+    flag_values=fv,
   )
-  args = parser.parse_args(argv)
+
+
+def args_from(flag_values: flags.FlagValues, argv: list[str]) -> types.SimpleNamespace:
+  """The parsed flags of `define_flags` as one namespace, checked as the figures need them.
+
+  Args:
+    flag_values: parsed flags holding those of `define_flags`.
+    argv: what absl left after the flags (the program name only, when the line is right).
+
+  Returns:
+    figure, workdir (a list of runs), output, image, split, fusion and min_side.
+
+  Raises:
+    errors.UserError: a missing flag, a stray argument, or several runs for a one-run figure.
+  """
+  if len(argv) > 1:
+    raise errors.UserError(
+      f"unexpected arguments {argv[1:]}; every option is a --flag=value, e.g. "
+      "--figure=rpn-maps --workdir=RUN --output=rpn_maps.png."
+    )
+  args = types.SimpleNamespace(**{name: flag_values[name].value for name in _FLAG_NAMES})
+  if args.figure is None:
+    raise errors.UserError(f"--figure is required: one of {', '.join(FIGURES)}.")
+  for name in ("workdir", "output"):
+    if not getattr(args, name):
+      raise errors.UserError(f"--{name} is required for the {args.figure} figure.")
   if len(args.workdir) > 1 and args.figure != "fg-rois":
-    parser.error(f"{args.figure} draws one run; pass one --workdir (only fg-rois overlays runs).")
+    raise errors.UserError(
+      f"{args.figure} draws one run, but --workdir was given {len(args.workdir)} times; pass "
+      "one --workdir (only fg-rois overlays runs)."
+    )
+  args.workdir = [errors.expand_path(w) for w in args.workdir]
+  args.output = errors.expand_path(args.output)
   return args
 
 
-def main(argv: list[str] | None = None) -> int:
-  args = parse_args(argv)
+def parse_args(argv: list[str]) -> types.SimpleNamespace:
+  """The command line as `python -m segrpn_jax.paper.figures` parses it, in a fresh
+  flags.FlagValues (argv without the program name).
+
+  Raises:
+    errors.UserError: an unknown flag, a value absl rejects, or what `args_from` rejects.
+  """
+  flag_values = flags.FlagValues()
+  define_flags(flag_values)
   try:
-    fig = DRAW[args.figure](args)
-  except (FileNotFoundError, IndexError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    rest = flag_values(["figures", *argv])
+  except flags.Error as e:
+    raise errors.UserError(f"{e}; see python -m segrpn_jax.paper.figures --help.") from e
+  return args_from(flag_values, rest)
+
+
+def write(args: types.SimpleNamespace) -> int:
+  """Draws args.figure and writes it to args.output as a PNG."""
+  fig = DRAW[args.figure](args)
   fig.savefig(args.output, dpi=100, bbox_inches="tight")
   plt.close(fig)
   print(f"wrote {args.output}")
   return 0
 
 
+def run_command(argv: list[str]) -> int:
+  """The command in-process (argv without the program name): its exit status, with a
+  UserError printed as one block on stderr (status 2), as `python -m` would."""
+  return errors.run(lambda: write(parse_args(argv)))
+
+
+def main(argv: list[str]) -> int:
+  """The command's absl main: the flags are those of `define_flags` in flags.FLAGS."""
+  return write(args_from(flags.FLAGS, argv))
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags()
+  errors.app_run(main)
