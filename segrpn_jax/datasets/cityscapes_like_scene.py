@@ -200,7 +200,7 @@ def _draw_background(scene, layout, palette, rng):
       rng.standard_normal((height // 16 + 2, width // 16 + 2)).astype(np.float32), 16, order=1
     )[:height, :width]
   )
-  grain = (1.0 + 0.1 * scene.texture) * patches
+  grain = (1.0 + 0.07 * scene.texture) * patches
   colour = (
     np.where(
       road[..., None],
@@ -255,10 +255,12 @@ def _vehicle_face(cls, a, y, length, height, side):
     waist = 0.58 * height
     body = inside & (y >= 0.25) & (y <= waist)
     paint(body & ~((y > waist - 0.1) & ((a < 0.12) | (a > length - 0.12))), 0)
-    inset = 0.25 * length if side else 0.1 * length
-    slope = 0.9 if side else 0.35
-    cabin = inside & (y > waist) & (a >= inset + slope * (y - waist))
-    cabin &= a <= length - inset - slope * (y - waist)
+    rise = y - waist
+    if side:  # from the near end (the rear): C-pillar close to it, a raked windscreen
+      cabin = (a >= 0.08 * length + 0.6 * rise) & (a <= 0.75 * length - 1.0 * rise)
+    else:
+      cabin = (a >= 0.1 * length + 0.35 * rise) & (a <= 0.9 * length - 0.35 * rise)
+    cabin &= inside & (y > waist)
     paint(cabin, 0)
     paint(cabin & (y > waist + 0.06) & (y < height - 0.07) & (np.abs(a - length / 2) > 0.05), 1)
     if side:

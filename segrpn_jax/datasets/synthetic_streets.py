@@ -41,7 +41,7 @@ SCENES = {
 }
 # Validation images of cityscapes_like: enough that the sampling error of mAP50 stays below half
 # a point (docs/synthetic.md, "Validation size").
-CITYSCAPES_LIKE_VALIDATION = 6000
+CITYSCAPES_LIKE_VALIDATION = 8000
 
 
 @dataclasses.dataclass
