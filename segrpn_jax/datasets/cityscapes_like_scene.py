@@ -622,7 +622,7 @@ def _post_process(scene, palette, rng):
   """Haze (lower contrast with distance), distance blur, exposure and sensor noise."""
   depth = np.where(np.isfinite(scene.depth), scene.depth, 0.0)[..., None]
   haze = 0.5 * (palette["sky_bottom"] + 200.0)
-  fade = 1.0 - np.exp(-depth / rng.uniform(60, 160))
+  fade = 1.0 - np.exp(-depth / rng.uniform(90, 250))
   image = scene.image * (1 - fade) + haze * fade
   sigma = 0.9 * scene.height / 256
   blurred = ndimage.gaussian_filter(image, (sigma, sigma, 0))
