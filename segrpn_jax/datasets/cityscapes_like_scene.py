@@ -21,8 +21,8 @@ The variant is specified by Cityscapes' statistics, not by how a detector scores
   objects. Haze lowers contrast with distance and far pixels are blurred. The ego vehicle's
   bonnet covers the bottom rows (ignore, as in Cityscapes).
 
-Everything is drawn with vectorised NumPy (and scipy's Gaussian filter); a 256x512 scene takes
-about 50 ms on one core.
+Everything is drawn with vectorised NumPy (and SciPy filters); a 256x512 scene takes about 75 ms
+of one core.
 """
 
 import numpy as np
