@@ -1,5 +1,8 @@
 """synthetic_streets: label invariants of the drawn scenes, object sizes, determinism, the build."""
 
+import os
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -91,17 +94,29 @@ def test_examples_are_deterministic_by_seed():
     assert other["image"] != a["image"]
 
 
-def test_worker_pool_gives_the_same_examples():
+def test_worker_pool_starts_fresh_processes_and_gives_the_same_examples(monkeypatch):
+  # The builder runs inside processes where JAX's threads run: its pool must not os.fork().
+  assert synthetic_streets.POOL_START_METHOD in ("spawn", "forkserver")
+
+  def no_fork():
+    raise AssertionError("the builder's worker pool called os.fork()")
+
+  monkeypatch.setattr(os, "fork", no_fork)
+  monkeypatch.setattr(synthetic_streets, "_num_workers", lambda num_examples: 2)
   config = synthetic_streets.SyntheticStreetsConfig(
     name="pool", height=32, width=64, num_train=synthetic_streets.PARALLEL_MIN_EXAMPLES
   )
   builder = synthetic_streets.SyntheticStreets(config=config, data_dir="/nonexistent-unused")
-  pooled = list(builder._generate_examples("train", config.num_train))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", DeprecationWarning)  # Python 3.12+ warns on fork with threads
+    pooled = list(builder._generate_examples("train", config.num_train))
   assert [key for key, _ in pooled] == list(range(config.num_train))
   for index in (0, 31, config.num_train - 1):
     direct = synthetic_streets.make_split_example(config, "train", index)
     assert pooled[index][1]["image"] == direct["image"]
     np.testing.assert_array_equal(pooled[index][1]["instance_map"], direct["instance_map"])
+    pooled_boxes = pooled[index][1]["instances"]["bbox"]
+    np.testing.assert_array_equal(pooled_boxes, direct["instances"]["bbox"])
 
 
 @pytest.fixture(scope="module")

@@ -203,6 +203,17 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def cityscapes_like(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The quick start on synthetic_streets/cityscapes_like: Cityscapes' instance counts, sizes
+  and clutter at 256x512 (docs/synthetic.md). Applies `synthetic` first unless it already was.
+  """
+  if not c.data.dataset.startswith("synthetic_streets"):
+    synthetic(c)
+  c.data.dataset = "synthetic_streets/cityscapes_like"
+  c.data.max_instances = 100  # the scenes hold at most 90 (cityscapes_like_scene.MAX_INSTANCES)
+  return c
+
+
 def apply_tokens(c: ml_collections.ConfigDict, arg: str | None, fusion_allowed: bool = True):
   """Applies the comma-separated config tokens of `--config=FILE:TOKENS`.
 
@@ -223,13 +234,15 @@ def apply_tokens(c: ml_collections.ConfigDict, arg: str | None, fusion_allowed: 
         raise ValueError(f"config token {token!r}: the baseline has no RPN_mask to fuse with.")
       c.model.fusion.train = c.model.fusion.inference = token
     elif token == "synthetic":
-      if "tiny" not in tokens:  # tiny applies it first itself
+      if not c.data.dataset.startswith("synthetic_streets"):  # tiny or cityscapes_like applied it
         synthetic(c)
     elif token == "tiny":
       tiny(c)
+    elif token == "cityscapes_like":
+      cityscapes_like(c)
     else:
       raise ValueError(
         f"unknown config token {token!r}; use a fusion ({', '.join(FUSIONS)}) and/or "
-        "'synthetic' or 'tiny'."
+        "'synthetic', 'tiny', 'cityscapes_like'."
       )
   return c

@@ -1,9 +1,11 @@
 """TFDS builders of SegRPN; importing this package registers them with tfds.
 
 - `cityscapes_instances`: the Cityscapes release (manual download) with instance boxes.
-- `synthetic_streets`: procedural street scenes, the embedded default (no download).
+- `synthetic_streets`: procedural street scenes, the embedded default (no download); its
+  `cityscapes_like` config draws scenes with Cityscapes' instance counts, sizes and clutter.
 
-Both share one feature spec (`features.make_features`).
+Both share one feature spec (`features.make_features`). `python -m
+segrpn_jax.datasets.statistics` measures a split beside Cityscapes (docs/synthetic.md).
 """
 
 from segrpn_jax.datasets import cityscapes_instances, synthetic_streets
