@@ -86,7 +86,21 @@ def run(main: Callable[..., int | None], *args, **kwargs) -> int:
   return 0 if status is None else int(status)
 
 
-def app_run(main: Callable[[list[str]], int | None]) -> None:
+def app_run(
+  main: Callable[[list[str]], int | None],
+  flags_parser: Callable[[list[str]], list[str]] | None = None,
+) -> None:
   """absl's app.run(main) for a tool's `if __name__ == "__main__":`, with UserErrors reported
-  as one block (run above)."""
-  app.run(lambda argv: run(main, argv))
+  as one block (run above), also those raised by `flags_parser` (default: absl's own)."""
+  parser = flags_parser or app.parse_flags_with_usage
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return parser(argv)
+    except UserError as e:
+      if verbose(argv):
+        raise
+      sys.stderr.write(report(e))
+      sys.exit(EXIT_USER_ERROR)
+
+  app.run(lambda argv: run(main, argv), flags_parser=parse)
