@@ -366,10 +366,9 @@ def set_aside_newer(manager: ocp.CheckpointManager, workdir: str, step: int) -> 
       while os.path.exists(os.path.join(target, name)):
         n += 1
         name = f"{s}.{n}"
-      os.replace(os.path.join(str(manager.directory), str(s)), os.path.join(target, name))
-      logging.warning(
-        "Moved the damaged checkpoint of step %d to %s.", s, os.path.join(target, name)
-      )
+      dest = os.path.join(target, name)
+      os.replace(os.path.join(str(manager.directory), str(s)), dest)
+      logging.info("Moved the damaged checkpoint of step %d to %s.", s, dest)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("segrpn_jax: damaged checkpoints moved")
   manager.reload()
