@@ -95,12 +95,14 @@ def _train_problems(config: ml_collections.ConfigDict) -> list[str | None]:
   t = config.train
   problems = _positive(
     config,
-    ("train.num_steps", "train.base_lr", "train.warmup_start_lr", "train.decay_factor",
+    ("train.num_steps", "train.base_lr", "train.decay_factor",
      "train.checkpoint_every_steps", "train.keep_checkpoints", "train.eval_every_steps",
      "train.log_every_steps"),
   )  # fmt: skip
   if not 0 <= t.momentum < 1:
     problems.append(f"config.train.momentum = {t.momentum!r} must be in [0, 1) (the paper: 0.9).")
+  if t.warmup_start_lr < 0:  # 0 is a warm-up from nothing
+    problems.append(f"config.train.warmup_start_lr = {t.warmup_start_lr!r} must be >= 0.")
   if t.weight_decay < 0:
     problems.append(f"config.train.weight_decay = {t.weight_decay!r} must be >= 0.")
   if not 0 <= t.warmup_steps < t.num_steps:

@@ -132,7 +132,7 @@ def test_sigterm_saves_the_step_and_the_resumed_run_matches_an_uninterrupted_one
     if re.search(r"\] \[2\] .*train/loss", line):
       child.send_signal(signal.SIGTERM)
       break
-  rest, _ = child.communicate(timeout=600)
+  _, rest = child.communicate(timeout=600)
   output = "".join(lines) + rest
   assert child.returncode == 143, output[-3000:]
   saved = checkpointing.create_manager(workdir, config).latest_step()
