@@ -55,25 +55,32 @@ class Interrupted(Exception):
     )
 
 
+def _preemption_notifier() -> bool:
+  """Whether JAX's preemption sync manager runs (multi-process runs, when the service is on)."""
+  from jax._src import distributed
+
+  return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+
+
 class StopRequest:
   """SIGTERM and SIGINT, caught for the duration of a run (a context manager).
 
   The first signal only sets a flag that `reached(step)` reports after the step in flight; the
   handlers then give way to the signals' default action, so a second signal ends the process
-  at once. With several processes, SIGTERM is left to JAX's preemption notifier (SIGINT is
-  passed on to it as SIGTERM), and `reached` is JAX's preemption sync point: every process
-  reports the same step. Outside the main thread (where Python cannot catch signals) nothing is
-  installed.
+  at once. In a multi-process run with JAX's preemption service, SIGTERM is left to JAX's
+  notifier (SIGINT is passed on to it as SIGTERM) and `reached` is JAX's preemption sync point,
+  so every process stops after the same step. Outside the main thread (where Python cannot
+  catch signals) nothing is installed.
   """
 
   def __init__(self):
     self.signum: int | None = None
     self._previous: dict[int, object] = {}
-    self._multiprocess = jax.process_count() > 1
+    self._jax_notifier = jax.process_count() > 1 and _preemption_notifier()
 
   def __enter__(self) -> "StopRequest":
     if threading.current_thread() is threading.main_thread():
-      signums = [signal.SIGINT] if self._multiprocess else [signal.SIGINT, signal.SIGTERM]
+      signums = [signal.SIGINT] if self._jax_notifier else [signal.SIGINT, signal.SIGTERM]
       for signum in signums:
         self._previous[signum] = signal.signal(signum, self._handle)
     return self
@@ -92,19 +99,16 @@ class StopRequest:
       "ends the run at once, without saving).",
       signal.Signals(signum).name,
     )
-    if self._multiprocess:  # the preemption notifier tells every process
+    if self._jax_notifier:  # JAX's notifier tells every process
       os.kill(os.getpid(), signal.SIGTERM)
 
   def reached(self, step: int) -> bool:
-    """Whether to stop after `step` (every process gives the same answer for the same step)."""
-    if self._multiprocess:
-      try:
-        if multihost_utils.reached_preemption_sync_point(step):
-          self.signum = self.signum or signal.SIGTERM
-          return True
-        return False
-      except RuntimeError:  # JAX's preemption service is off: only this process's signal
-        return self.signum is not None
+    """Whether to stop after `step` (with JAX's notifier: the same answer on every process)."""
+    if self._jax_notifier:
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signum = self.signum or signal.SIGTERM
+        return True
+      return False
     return self.signum is not None
 
 
