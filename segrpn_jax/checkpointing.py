@@ -7,7 +7,6 @@ A damaged step (missing files, unreadable metadata, truncated data) costs one in
 newest intact step is restored and the damaged ones are moved to workdir/damaged_checkpoints.
 """
 
-import asyncio
 import contextlib
 import gc
 import json
@@ -226,7 +225,6 @@ def _restore_step(manager: ocp.CheckpointManager, abstract_state, step: int):
       return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     except Exception as e:  # Orbax/TensorStore raise plain Exception for unreadable data
       error, mismatch = e, _first_mismatch(step_dir, abstract_state)
-    _cancel_pending_tasks()
   if mismatch is not None:
     raise MismatchError(
       f"the checkpoint of step {step} in {step_dir} does not fit the model of this config: "
@@ -237,19 +235,6 @@ def _restore_step(manager: ocp.CheckpointManager, abstract_state, step: int):
     f"the checkpoint of step {step} in {step_dir} cannot be read: {type(error).__name__}: "
     f"{_first_line(error)}"
   )
-
-
-def _cancel_pending_tasks() -> None:
-  """Cancels the reads a failed restore left running on an event loop of this thread, so that
-  they neither finish into futures nobody retrieves nor warn at exit."""
-  try:
-    loop = asyncio.get_event_loop_policy().get_event_loop()
-  except RuntimeError:
-    return
-  if loop.is_closed() or loop.is_running():
-    return
-  for task in asyncio.all_tasks(loop):
-    task.cancel()
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
