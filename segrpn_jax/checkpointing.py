@@ -1,8 +1,19 @@
 """Orbax checkpoints of the train state: save every N steps and at the end, keep the last K,
-restore the latest on start so a killed run continues where it stopped."""
+restore the latest intact one on start so a killed run continues where it stopped.
 
+Each step folder also carries the run's config (in Orbax's `_CHECKPOINT_METADATA`, key
+`custom_metadata.config`), so a workdir whose config.json is lost still knows its run.
+A damaged step (missing files, unreadable metadata, truncated data) costs one interval: the
+newest intact step is restored and the damaged ones are moved to workdir/damaged_checkpoints.
+"""
+
+import contextlib
+import gc
 import json
+import logging as py_logging
 import os
+import sys
+import tempfile
 
 import jax
 import ml_collections
@@ -10,9 +21,22 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from segrpn_jax import errors
+
 CONFIG_FILE = "config.json"
+DAMAGED_DIR = "damaged_checkpoints"
 # The item name Orbax gives the one unnamed item of a CheckpointManager.
 _ITEM = "default"
+# Orbax's per-step metadata file (JSON); our config goes under custom_metadata.config.
+_STEP_METADATA = "_CHECKPOINT_METADATA"
+
+
+class CheckpointError(errors.CheckpointError):
+  """A checkpoint that cannot be restored or written; the message names the folder and why."""
+
+
+class MismatchError(CheckpointError):
+  """A readable checkpoint whose arrays do not fit the state of this config (another model)."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -34,20 +58,123 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Check
     max_to_keep=config.train.keep_checkpoints,
     create=True,
   )
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  with quiet():
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
-  """Saves `state` at `step` when the interval says so (or `force`); returns whether it did."""
-  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+@contextlib.contextmanager
+def quiet():
+  """Orbax's and asyncio's reports of a failed read, kept out of the log.
+
+  A restore that fails leaves Orbax warnings ("Metadata file does not exist"), asyncio futures
+  whose exception nobody retrieved and coroutines that were never awaited. They are collected
+  here (gc) while asyncio's logger, absl's warnings and Python's unraisable-exception hook are
+  muted, so the one line `restore` logs per damaged step is all that is printed.
+  """
+  absl_logger = py_logging.getLogger("absl")
+  asyncio_logger = py_logging.getLogger("asyncio")
+  levels = absl_logger.level, asyncio_logger.level
+  hook = sys.unraisablehook
+  absl_logger.setLevel(py_logging.ERROR)
+  asyncio_logger.setLevel(py_logging.CRITICAL + 1)
+  sys.unraisablehook = lambda _: None
+  try:
+    yield
+  finally:
+    gc.collect()  # reports of unretrieved futures are made when they are collected: here
+    sys.unraisablehook = hook
+    absl_logger.setLevel(levels[0])
+    asyncio_logger.setLevel(levels[1])
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be restored; the message names the workdir, the step and why."""
+def _json_config(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
 
 
-class MismatchError(CheckpointError):
-  """A checkpoint whose arrays do not fit the state of today's config (another model)."""
+def _check_writable(folder: str, step: int) -> None:
+  """Fails at once when `folder` cannot take a file, before Orbax's asynchronous save does
+  (its error would surface one interval later, after a 300 s barrier timeout)."""
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write_probe_", dir=folder)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise CheckpointError(
+      f"cannot write the checkpoint of step {step} into {folder}: {type(e).__name__}: "
+      f"{e.strerror or e}. Make the folder writable (or free space on its disk) and run the "
+      "same command again; the checkpoints saved before are intact and it resumes from them."
+    ) from None
+
+
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state,
+  config: ml_collections.ConfigDict | None = None,
+  force: bool = False,
+) -> bool:
+  """Saves `state` (and `config` beside it) at `step` when the interval says so (or `force`).
+
+  Args:
+    manager: the run's manager.
+    step: the step just trained.
+    state: the train state.
+    config: the run's config, stored in the step's metadata (read back by `checkpoint_config`).
+    force: save even off the interval.
+
+  Returns:
+    Whether a checkpoint was started (it is written asynchronously).
+
+  Raises:
+    CheckpointError: the checkpoints folder cannot be written, or the previous asynchronous
+      save failed; the message names the folder and the cause.
+  """
+  if not (force or manager.should_save(step)):
+    return False
+  folder = str(manager.directory)
+  _check_writable(folder, step)
+  metadata = None if config is None else {"config": _json_config(config)}
+  try:
+    return manager.save(step, args=ocp.args.StandardSave(state), force=force,
+                        custom_metadata=metadata)  # fmt: skip
+  except Exception as e:  # the previous save's error surfaces here (Orbax raises plain errors)
+    raise CheckpointError(
+      f"saving the checkpoint of step {step} into {folder} failed: {type(e).__name__}: "
+      f"{_first_line(e)}. The checkpoints saved before are intact; fix the cause and run the "
+      "same command again to resume from them."
+    ) from None
+
+
+def _first_line(e: BaseException) -> str:
+  # TensorStore appends its whole spec ("See full TensorStore details: ..."); keep the cause.
+  return (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore")[0][:300]
+
+
+def checkpoint_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """The config stored with the newest checkpoint that has one, or None.
+
+  Read straight from each step's `_CHECKPOINT_METADATA` (JSON), newest first; a step whose
+  metadata is missing or unreadable is skipped.
+  """
+  folder = checkpoint_dir(workdir)
+  steps = sorted((int(s) for s in _listdir(folder) if s.isdigit()), reverse=True)
+  for step in steps:
+    try:
+      with open(os.path.join(folder, str(step), _STEP_METADATA)) as f:
+        config = json.load(f)["custom_metadata"]["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+    if isinstance(config, dict):
+      return ml_collections.ConfigDict(_tuples(config))
+  return None
+
+
+def _listdir(folder: str) -> list[str]:
+  try:
+    return os.listdir(folder)
+  except OSError:
+    return []
 
 
 def _key_name(key) -> str:
@@ -62,12 +189,15 @@ def _shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
 
 def _first_mismatch(step_dir: str, abstract_state) -> str | None:
   """The first variable whose saved shape differs from `abstract_state`'s, read from the
-  checkpoint's metadata; None when they agree or the metadata itself cannot be read."""
+  checkpoint's metadata; None when they agree or the metadata cannot be read or is empty (a
+  damaged checkpoint, not another model)."""
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       metadata = checkpointer.metadata(os.path.join(step_dir, _ITEM))
     saved = _shapes(getattr(metadata, "item_metadata", metadata))
-  except Exception:  # unreadable metadata: a damaged checkpoint, not another model
+  except Exception:  # unreadable metadata: a damaged checkpoint
+    return None
+  if not saved:  # emptied or missing _METADATA reads as an empty tree
     return None
   wanted = _shapes(abstract_state)
   # The state's own order (step, params, ...) first: a parameter names the cause best.
@@ -86,34 +216,34 @@ def _restore_step(manager: ocp.CheckpointManager, abstract_state, step: int):
   """One step's state; a failure becomes one CheckpointError, cause first, without Orbax's trace.
 
   Raises:
-    MismatchError: the checkpoint's shapes or variables differ from `abstract_state`'s.
+    MismatchError: the checkpoint is readable and its variables or shapes differ.
     CheckpointError: the checkpoint's files cannot be read (damaged, truncated, missing).
   """
   step_dir = os.path.join(str(manager.directory), str(step))
-  try:
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-  except Exception as e:  # Orbax/TensorStore raise plain Exception for unreadable data
-    mismatch = _first_mismatch(step_dir, abstract_state)
-    if mismatch is not None:
-      raise MismatchError(
-        f"the checkpoint of step {step} in {step_dir} does not fit the model of this config: "
-        f"{mismatch}. It was written by a run with another model config; restore it with that "
-        "run's config (its config.json) or train in a new --workdir."
-      ) from None
-    # TensorStore appends its whole spec ("See full TensorStore details: ..."); keep the cause.
-    cause = (str(e).strip().splitlines() or [""])[0].split(" See full TensorStore")[0]
-    raise CheckpointError(
-      f"the checkpoint of step {step} in {step_dir} cannot be read: {type(e).__name__}: "
-      f"{cause[:300]}"
-    ) from None
+  with quiet():
+    try:
+      return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as e:  # Orbax/TensorStore raise plain Exception for unreadable data
+      error, mismatch = e, _first_mismatch(step_dir, abstract_state)
+  if mismatch is not None:
+    raise MismatchError(
+      f"the checkpoint of step {step} in {step_dir} does not fit the model of this config: "
+      f"{mismatch}. It was written by a run with another model config; restore it with that "
+      "run's config (its config.json) or train in a new --workdir."
+    )
+  raise CheckpointError(
+    f"the checkpoint of step {step} in {step_dir} cannot be read: {type(error).__name__}: "
+    f"{_first_line(error)}"
+  )
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
   """Restores a state shaped and sharded like `abstract_state` (a tree of ShapeDtypeStructs).
 
-  For the latest checkpoint (step None) a damaged newest step costs one checkpoint interval:
-  it is logged as a warning and the step before it is tried, down to the oldest one kept. A
-  checkpoint of another model is an error at once (every step of the run would fail alike).
+  For the latest checkpoint (step None) a damaged step costs one checkpoint interval: one
+  warning line names it and its cause, and the step before it is tried, down to the oldest one
+  kept. A readable checkpoint of another model is an error at once (every step of the run
+  would fail alike).
 
   Args:
     manager: the run's manager.
@@ -124,15 +254,16 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
     (state, step), or (None, None) when the folder holds no checkpoint.
 
   Raises:
-    FileNotFoundError: `step` is not among the saved steps.
+    errors.InputFileError: `step` is not among the saved steps.
     MismatchError: the checkpoint does not fit `abstract_state` (another model config).
     CheckpointError: the requested `step`, or with step None every saved step, cannot be read.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if step is not None:
     if step not in steps:
-      raise FileNotFoundError(
-        f"no checkpoint for step {step} in {manager.directory}; have {sorted(steps)}."
+      raise errors.InputFileError(
+        f"no checkpoint of step {step} in {manager.directory}: it holds steps {sorted(steps)}. "
+        "Pass one of them (--step), or leave --step out for the latest."
       )
     return _restore_step(manager, abstract_state, step), step
   if not steps:
@@ -145,7 +276,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
       raise
     except CheckpointError as e:
       failures.append(str(e))
-      logging.warning("%s; trying the checkpoint before it.", e)
+      logging.warning("%s; trying the step before it.", e)
   raise CheckpointError(
     f"no checkpoint in {manager.directory} can be restored (steps {sorted(steps)}):\n  - "
     + "\n  - ".join(failures)
@@ -165,12 +296,24 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """Reads the config written by `save_config`; names the file when it is missing."""
+  """The run's config: workdir/config.json, or when that is lost the one its newest checkpoint
+  carries. Names the workdir when it has neither."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a training run?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    config = checkpoint_config(workdir)
+    if config is not None:
+      return config
+    raise errors.InputFileError(
+      f"{path} not found and no checkpoint carries a config: is {workdir!r} the --workdir of a "
+      "training run?"
+    )
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(_tuples(json.load(f)))
+  except ValueError as e:
+    raise errors.WorkdirError(
+      f"{path} cannot be read: {e}. Delete it: training rewrites it from the checkpoints' config."
+    ) from None
 
 
 def _tuples(tree):
@@ -185,8 +328,9 @@ def _tuples(tree):
 def set_aside_newer(manager: ocp.CheckpointManager, workdir: str, step: int) -> list[int]:
   """Moves the checkpoints newer than `step` (ones `restore` found damaged) out of the way.
 
-  They go to workdir/damaged_checkpoints/<step> (kept for inspection, not deleted), so that
-  the resumed run can save those steps again. Process 0 moves them; every process then waits.
+  They go to workdir/damaged_checkpoints/<step> (kept for inspection, not deleted; a second
+  damaged copy of a step becomes <step>.1, ...), so that the resumed run can save those steps
+  again. Process 0 moves them; every process then waits.
 
   Args:
     manager: the run's manager.
@@ -200,11 +344,16 @@ def set_aside_newer(manager: ocp.CheckpointManager, workdir: str, step: int) -> 
   if not newer:
     return []
   if jax.process_index() == 0:
-    target = os.path.join(os.path.abspath(workdir), "damaged_checkpoints")
+    target = os.path.join(os.path.abspath(workdir), DAMAGED_DIR)
     os.makedirs(target, exist_ok=True)
     for s in newer:
-      os.replace(os.path.join(str(manager.directory), str(s)), os.path.join(target, str(s)))
-    logging.warning("Moved the damaged checkpoints of steps %s to %s.", newer, target)
+      name, n = str(s), 0
+      while os.path.exists(os.path.join(target, name)):
+        n += 1
+        name = f"{s}.{n}"
+      dest = os.path.join(target, name)
+      os.replace(os.path.join(str(manager.directory), str(s)), dest)
+      logging.info("Moved the damaged checkpoint of step %d to %s.", s, dest)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("segrpn_jax: damaged checkpoints moved")
   manager.reload()

@@ -90,17 +90,31 @@ _HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "-helpshort", "--helpfull
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing (app.parse_flags_with_usage), except that --help exits with status 0,
-  as help does in other command-line tools (absl's own exits with 1)."""
-  try:
-    return app.parse_flags_with_usage(argv)
-  except SystemExit as e:
-    if e.code == 1 and any(arg in _HELP_FLAGS for arg in argv[1:]):
-      raise SystemExit(0) from None
-    raise
+  """absl's flag parsing (app.parse_flags_with_usage)."""
+  return app.parse_flags_with_usage(argv)
 
 
-def app_run(main: Callable[[list[str]], int | None]) -> None:
+def app_run(
+  main: Callable[[list[str]], int | None],
+  flags_parser: Callable[[list[str]], list[str]] | None = None,
+) -> None:
   """absl's app.run(main) for a tool's `if __name__ == "__main__":`, with UserErrors reported
-  as one block (run above) and --help exiting with status 0."""
-  app.run(lambda argv: run(main, argv), flags_parser=parse_flags)
+  as one block (run above), also those raised by `flags_parser` (default: absl's own), and
+  --help exiting with status 0, as help does in other command-line tools (absl's exits with 1).
+  """
+  parser = flags_parser or parse_flags
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return parser(argv)
+    except UserError as e:
+      if verbose(argv):
+        raise
+      sys.stderr.write(report(e))
+      sys.exit(EXIT_USER_ERROR)
+    except SystemExit as e:
+      if e.code == 1 and any(arg in _HELP_FLAGS for arg in argv[1:]):
+        raise SystemExit(0) from None
+      raise
+
+  app.run(lambda argv: run(main, argv), flags_parser=parse)

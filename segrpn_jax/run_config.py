@@ -5,11 +5,17 @@ one key does not hide a second one behind it, and nothing is built or written be
 is known to be usable.
 """
 
+import contextlib
+import difflib
+import fcntl
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
 from segrpn_jax import checkpointing, errors, input_pipeline, pretrained
 from segrpn_jax.models import resnet
@@ -61,11 +67,9 @@ def _model_problems(config: ml_collections.ConfigDict) -> list[str | None]:
 
 def _data_problems(config: ml_collections.ConfigDict) -> list[str | None]:
   height, width = config.data.image_size
-  problems = []
+  problems = _positive(config, ("data.max_instances", "data.shuffle_buffer", "data.prefetch"))
   if height <= 0 or width <= 0:
     problems.append(f"config.data.image_size = {tuple(config.data.image_size)} must be positive.")
-  if config.data.max_instances <= 0:
-    problems.append(f"config.data.max_instances = {config.data.max_instances} must be positive.")
   for key in ("train", "eval"):
     batch_size = config[key].batch_size
     try:
@@ -74,6 +78,57 @@ def _data_problems(config: ml_collections.ConfigDict) -> list[str | None]:
       )
     except ValueError as e:
       problems.append(str(e))
+  return problems
+
+
+def _positive(config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> list[str | None]:
+  problems = []
+  for key in keys:
+    group, name = key.split(".")
+    value = config[group][name]
+    if not value > 0:
+      problems.append(f"config.{key} = {value!r} must be > 0.")
+  return problems
+
+
+def _train_problems(config: ml_collections.ConfigDict) -> list[str | None]:
+  t = config.train
+  problems = _positive(
+    config,
+    ("train.num_steps", "train.base_lr", "train.decay_factor",
+     "train.checkpoint_every_steps", "train.keep_checkpoints", "train.eval_every_steps",
+     "train.log_every_steps"),
+  )  # fmt: skip
+  if not 0 <= t.momentum < 1:
+    problems.append(f"config.train.momentum = {t.momentum!r} must be in [0, 1) (the paper: 0.9).")
+  if t.warmup_start_lr < 0:  # 0 is a warm-up from nothing
+    problems.append(f"config.train.warmup_start_lr = {t.warmup_start_lr!r} must be >= 0.")
+  if t.weight_decay < 0:
+    problems.append(f"config.train.weight_decay = {t.weight_decay!r} must be >= 0.")
+  if not 0 <= t.warmup_steps < t.num_steps:
+    problems.append(
+      f"config.train.warmup_steps = {t.warmup_steps!r} must be in [0, config.train.num_steps = "
+      f"{t.num_steps}); shorten the warm-up or lengthen the run."
+    )
+  decay = tuple(t.decay_steps)
+  outside = [s for s in decay if not t.warmup_steps <= s <= t.num_steps]
+  if outside:
+    problems.append(
+      f"config.train.decay_steps = {decay} has {tuple(outside)} outside the run after its "
+      f"warm-up [{t.warmup_steps}, {t.num_steps}] (config.train.warmup_steps, num_steps); "
+      "move them inside, or set decay_steps = () for no decay."
+    )
+  elif list(decay) != sorted(set(decay)):
+    problems.append(f"config.train.decay_steps = {decay} must increase step by step.")
+  return problems
+
+
+def _eval_problems(config: ml_collections.ConfigDict) -> list[str | None]:
+  problems = _positive(config, ("eval.max_proposals",))
+  if config.eval.num_image_summaries < 0:
+    problems.append(
+      f"config.eval.num_image_summaries = {config.eval.num_image_summaries!r} must be >= 0."
+    )
   return problems
 
 
@@ -101,7 +156,12 @@ def validate(config: ml_collections.ConfigDict, check_files: bool = True) -> Non
   Raises:
     ConfigError: listing every problem found, each with its key and what would fix it.
   """
-  problems = _model_problems(config) + _data_problems(config)
+  problems = (
+    _model_problems(config)
+    + _data_problems(config)
+    + _train_problems(config)
+    + _eval_problems(config)
+  )
   if check_files:
     problems += _file_problems(config)
   problems = [p for p in problems if p]
@@ -127,8 +187,8 @@ EVAL_KEYS = (
 _MISSING = "<missing>"
 
 
-class WorkdirError(ValueError):
-  """A config that does not belong to the run in a workdir; the message names each key."""
+class WorkdirError(errors.WorkdirError):
+  """A workdir that belongs to another run (the message names each key) or is locked."""
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -176,11 +236,27 @@ def _listing(diffs) -> str:
   return "\n".join(f"  - config.{k}: {s!r} (saved) vs {n!r} (new)" for k, s, n in diffs)
 
 
+def _run_config(workdir: str) -> tuple[ml_collections.ConfigDict | None, str]:
+  """The config of the run in `workdir` and where it was read: the one its newest checkpoint
+  carries (what the checkpoints really are), else config.json, else (None, '')."""
+  config = checkpointing.checkpoint_config(workdir)
+  if config is not None:
+    return (
+      config,
+      f"the config stored with the checkpoints in {checkpointing.checkpoint_dir(workdir)}",
+    )
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  if os.path.exists(path):
+    return checkpointing.load_config(workdir), path
+  return None, ""
+
+
 def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuses to train in a workdir whose run has another model, image size or dataset.
 
   A workdir belongs to one run: its checkpoints only fit the config that wrote them (STATE_KEYS,
-  less STATE_FREE_KEYS). Reads workdir/config.json if it exists and writes nothing.
+  less STATE_FREE_KEYS). The run's config is the one stored with its newest checkpoint, so the
+  guard holds when config.json is lost; without checkpoints it is config.json. Writes nothing.
 
   Args:
     workdir: the run's folder.
@@ -189,16 +265,96 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   Raises:
     WorkdirError: naming each differing key with its saved and new value, and the fix.
   """
-  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
-  if not os.path.exists(path):
+  saved, source = _run_config(workdir)
+  if saved is None:
     return
-  diffs = differences(checkpointing.load_config(workdir), config, STATE_KEYS, STATE_FREE_KEYS)
+  diffs = differences(saved, config, STATE_KEYS, STATE_FREE_KEYS)
   if diffs:
     raise WorkdirError(
-      f"--workdir={workdir} belongs to a run with another config ({path}); its checkpoints "
+      f"--workdir={workdir} belongs to a run with another config ({source}); its checkpoints "
       f"would not fit this one. {len(diffs)} key(s) differ:\n{_listing(diffs)}\n"
       "Train in a new --workdir, or resume this run with the config it was started with."
     )
+
+
+LOCK_FILE = "lock"
+
+
+@contextlib.contextmanager
+def lock_workdir(workdir: str) -> Iterator[None]:
+  """Holds workdir/lock (an exclusive `flock`) for the duration of a training run.
+
+  The first thing a run writes: it creates the workdir and the lock file and notes its host and
+  PID in it. The kernel frees the lock when its holder ends, however it ends, so a killed run
+  never blocks the next. A multi-process run takes it on process 0 only; every process learns
+  whether it got it. (flock is per machine: on a network file system shared by several
+  machines it may not exclude a run on another one.)
+
+  Raises:
+    WorkdirError: another running process holds the lock (named by host and PID), or the
+      workdir cannot be created.
+  """
+  holder = None
+  fd = None
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, LOCK_FILE)
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise WorkdirError(
+        f"--workdir={workdir} cannot be created or written: {type(e).__name__}: "
+        f"{e.strerror or e}. Choose a folder you can write to."
+      ) from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown (starting)"
+      os.close(fd)
+      fd = None
+    else:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"host {socket.gethostname()}, PID {os.getpid()}\n".encode(), 0)
+  if jax.process_count() > 1:
+    held = np.asarray(holder is None, np.int32)
+    if not int(multihost_utils.broadcast_one_to_all(held)):
+      holder = holder or "another run (found by process 0)"
+  try:
+    if holder is not None:
+      raise WorkdirError(
+        f"--workdir={workdir} is in use by another run ({holder}; lock file "
+        f"{os.path.join(workdir, LOCK_FILE)}). Wait for it to end or stop it, or train in a "
+        "new --workdir."
+      )
+    yield
+  finally:
+    if fd is not None:
+      os.close(fd)  # releases the lock
+
+
+def closest_keys(config: ml_collections.ConfigDict, key: str, n: int = 3) -> list[str]:
+  """The existing config keys (dotted, without 'config.') nearest to `key` by spelling, first
+  among the keys of the same group."""
+  names = list(_flatten(config.to_dict()))
+  names += sorted({".".join(k.split(".")[:i]) for k in names for i in range(1, k.count(".") + 1)})
+  parent = key.rpartition(".")[0]
+  siblings = [k for k in names if k.rpartition(".")[0] == parent]
+  leaf = key.rpartition(".")[2]
+  near = [f"{parent}.{m}" if parent else m for m in difflib.get_close_matches(
+    leaf, [k.rpartition(".")[2] for k in siblings], n, cutoff=0.5)]  # fmt: skip
+  near += [k for k in difflib.get_close_matches(key, names, n, cutoff=0.6) if k not in near]
+  return near[:n]
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, key: str, source: str) -> str:
+  """The one-line report of an override of a key `config` does not have."""
+  near = closest_keys(config, key)
+  hint = (
+    f"the closest existing: {', '.join('config.' + k for k in near)}"
+    if near
+    else "no key is close to it"
+  )
+  return f"config.{key} is not a key of the config ({source}); {hint}. Fix the key's name."
 
 
 def for_evaluation(

@@ -48,3 +48,58 @@ def test_the_paper_configs_pass_without_files():
   for c in (default.get_config(), baseline.get_config()):
     c.train.batch_size = c.eval.batch_size = 2  # the paper's batch 1, on the tests' two devices
     run_config.validate(c, check_files=False)
+
+
+def test_every_bad_train_eval_and_data_value_is_named():
+  c = default.synthetic(default.get_config())
+  c.train.batch_size = c.eval.batch_size = 2
+  t = c.train
+  t.base_lr, t.warmup_start_lr, t.decay_factor = -0.01, -0.001, 0.0
+  t.num_steps, t.warmup_steps, t.decay_steps = 100, 100, (50, 200)
+  t.momentum, t.weight_decay = 1.0, -1e-4
+  t.checkpoint_every_steps, t.keep_checkpoints, t.eval_every_steps, t.log_every_steps = 0, 0, 0, 0
+  c.eval.max_proposals, c.eval.num_image_summaries = 0, -1
+  c.data.shuffle_buffer, c.data.prefetch = 0, 0
+  with pytest.raises(run_config.ConfigError) as e:
+    run_config.validate(c, check_files=False)
+  expected = [
+    "config.data.shuffle_buffer = 0 must be > 0.",
+    "config.data.prefetch = 0 must be > 0.",
+    "config.train.base_lr = -0.01 must be > 0.",
+    "config.train.decay_factor = 0.0 must be > 0.",
+    "config.train.checkpoint_every_steps = 0 must be > 0.",
+    "config.train.keep_checkpoints = 0 must be > 0.",
+    "config.train.eval_every_steps = 0 must be > 0.",
+    "config.train.log_every_steps = 0 must be > 0.",
+    "config.train.momentum = 1.0 must be in [0, 1) (the paper: 0.9).",
+    "config.train.warmup_start_lr = -0.001 must be >= 0.",
+    "config.train.weight_decay = -0.0001 must be >= 0.",
+    "config.train.warmup_steps = 100 must be in [0, config.train.num_steps = 100); shorten the "
+    "warm-up or lengthen the run.",
+    "config.train.decay_steps = (50, 200) has (50, 200) outside the run after its warm-up "
+    "[100, 100] (config.train.warmup_steps, num_steps); move them inside, or set decay_steps = "
+    "() for no decay.",
+    "config.eval.max_proposals = 0 must be > 0.",
+    "config.eval.num_image_summaries = -1 must be >= 0.",
+  ]
+  assert e.value.problems == expected
+
+
+def test_decay_steps_must_increase():
+  c = default.synthetic(default.get_config())
+  c.train.batch_size = c.eval.batch_size = 2
+  c.train.decay_steps = (720, 600)
+  with pytest.raises(run_config.ConfigError, match=r"decay_steps = \(720, 600\) must increase"):
+    run_config.validate(c, check_files=False)
+
+
+def test_an_unknown_key_names_the_closest_existing_ones():
+  c = default.get_config()
+  assert run_config.closest_keys(c, "model.rpn.nms_threshol") == [
+    "model.rpn.nms_threshold", "model.rpn.iou_thresholds", "model.roi.nms_threshold"
+  ]  # fmt: skip
+  assert run_config.closest_keys(c, "trian.base_lr")[0] == "train.base_lr"
+  assert run_config.unknown_key_message(c, "model.foo", "configs/case1.py") == (
+    "config.model.foo is not a key of the config (configs/case1.py); the closest existing: "
+    "config.model.roi, config.model.fusion, config.model.norm. Fix the key's name."
+  )

@@ -1,5 +1,6 @@
 """The main job on a tiny synthetic config: a 2-step train_and_evaluate, --mode=eval on its
-workdir, resuming after a crash, 1 vs 2 devices, and the non-finite loss guard."""
+workdir, 1 vs 2 devices, the non-finite loss guard, an unwritable checkpoints folder and a
+damaged checkpoint. (Resuming after SIGTERM: tests/test_robustness.py.)"""
 
 import functools
 import glob
@@ -8,6 +9,7 @@ import logging
 import math
 import os
 import shutil
+import time
 
 import jax
 import numpy as np
@@ -16,7 +18,7 @@ import tensorflow as tf
 from absl import flags
 from jax.sharding import Mesh
 
-from segrpn_jax import api, checkpointing, evaluate, input_pipeline, main, parallel, train
+from segrpn_jax import api, checkpointing, errors, evaluate, input_pipeline, main, parallel, train
 from segrpn_jax import state as state_lib
 from tests.train_config import tiny_train_config
 
@@ -89,8 +91,7 @@ def test_two_steps_write_checkpoints_metrics_and_summaries(trained):
 
 def test_eval_mode_on_the_trained_workdir(trained, data_dir, tmp_path):
   config, workdir, results = trained
-  argv = ["main", f"--config=tests/train_config.py:{data_dir}", f"--workdir={workdir}",
-          "--mode=eval"]  # fmt: skip
+  argv = ["main", f"--workdir={workdir}", "--mode=eval"]  # the config is the run's own
   flags.FLAGS.unparse_flags()
   flags.FLAGS(argv)
   try:
@@ -107,36 +108,6 @@ def test_eval_mode_on_the_trained_workdir(trained, data_dir, tmp_path):
     ),
     results,
   )
-
-
-def _crash_at(step: int):
-  """A train iterator factory whose stream raises when the batch of `step` is requested."""
-  real = input_pipeline.create_train_iterator
-
-  def create(config, start_step=0, **kwargs):
-    for i, batch in enumerate(real(config, start_step, **kwargs), start=start_step + 1):
-      if i == step:
-        raise KeyboardInterrupt(f"killed before step {step}")
-      yield batch
-
-  return create
-
-
-def test_resume_after_a_kill_matches_an_uninterrupted_run(data_dir, tmp_path, monkeypatch):
-  config = tiny_train_config(data_dir)
-  config.train.num_steps = 4
-  config.train.eval_every_steps = 100
-  train.train_and_evaluate(config, str(tmp_path / "straight"))
-  with monkeypatch.context() as m:
-    m.setattr(input_pipeline, "create_train_iterator", _crash_at(3))
-    with pytest.raises(KeyboardInterrupt):
-      train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  manager = checkpointing.create_manager(str(tmp_path / "resumed"), config)
-  assert manager.latest_step() == 2  # the kill cost only the steps after the last checkpoint
-  train.train_and_evaluate(config, str(tmp_path / "resumed"))
-  _, _, straight = api.load(str(tmp_path / "straight"))
-  _, _, resumed = api.load(str(tmp_path / "resumed"))
-  jax.tree.map(np.testing.assert_array_equal, straight, resumed)
 
 
 def test_one_and_two_devices_give_the_same_loss(data_dir):
@@ -181,10 +152,63 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
   assert checkpointing.create_manager(str(tmp_path), config).latest_step() == 2
 
 
+def test_a_missing_eval_step_is_one_readable_block(trained, capsys):
+  _, workdir, _ = trained
+  flags.FLAGS.unparse_flags()
+  try:
+    argv = flags.FLAGS(["main", f"--workdir={workdir}", "--mode=eval", "--step=7"])
+    status = errors.run(main.main, argv[:1])
+  finally:
+    flags.FLAGS.unparse_flags()
+  err = capsys.readouterr().err
+  assert status == errors.EXIT_USER_ERROR
+  assert err.startswith(f"error: no checkpoint of step 7 in {workdir}/checkpoints: it holds "
+                        "steps [1, 2].")  # fmt: skip
+  assert "Traceback" not in err
+
+
+def _unwritable_at(step: int, folder: str):
+  """A train iterator factory that puts a file in place of `folder` (no write lands there, for
+  root as for anyone) when the batch of `step` is requested; the folder is kept aside."""
+  real = input_pipeline.create_train_iterator
+
+  def create(config, start_step=0, **kwargs):
+    for i, batch in enumerate(real(config, start_step, **kwargs), start=start_step + 1):
+      if i == step:
+        os.rename(folder, folder + ".kept")
+        open(folder, "w").close()
+      yield batch
+
+  return create
+
+
+def test_an_unwritable_checkpoints_folder_stops_training_at_the_save(
+  trained, tmp_path, monkeypatch
+):
+  config, workdir, _ = trained
+  run = str(tmp_path / "run")
+  shutil.copytree(workdir, run)
+  config = tiny_train_config(config.data.data_dir)
+  config.train.num_steps = 4
+  folder = checkpointing.checkpoint_dir(run)
+  monkeypatch.setattr(input_pipeline, "create_train_iterator", _unwritable_at(3, folder))
+  start = time.monotonic()
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    train.train_and_evaluate(config, run)
+  assert time.monotonic() - start < 120  # no wait for Orbax's 300 s barrier
+  assert str(e.value).startswith(f"cannot write the checkpoint of step 3 into {folder}: ")
+  assert "run the same command again" in errors.report(e.value)
+  os.remove(folder)
+  os.rename(folder + ".kept", folder)  # what was saved before is intact
+  assert api.load_checkpoint(run)[3] == 2
+  jax.tree.map(np.testing.assert_array_equal, api.load(run)[2], api.load(workdir)[2])
+
+
 def test_a_damaged_latest_checkpoint_costs_one_interval(trained, tmp_path, caplog):
   config, workdir, _ = trained
   damaged = str(tmp_path / "run")
   shutil.copytree(workdir, damaged)
+  os.remove(f"{damaged}/config.json")  # lost too: the checkpoints carry the config
   files = glob.glob(f"{damaged}/checkpoints/2/**/d/*", recursive=True)
   largest = max(files, key=os.path.getsize)
   with open(largest, "r+b") as f:
@@ -192,7 +216,10 @@ def test_a_damaged_latest_checkpoint_costs_one_interval(trained, tmp_path, caplo
   with caplog.at_level(logging.WARNING):
     _, _, _, step = api.load_checkpoint(damaged)
   assert step == 1
-  assert "checkpoint of step 2" in caplog.text and "cannot be read" in caplog.text
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert len(warnings) == 1 and warnings[0].startswith(
+    f"the checkpoint of step 2 in {damaged}/checkpoints/2 cannot be read: "
+  )
   with pytest.raises(checkpointing.CheckpointError, match=r"step 2 .* cannot be read"):
     api.load(damaged, step=2)  # an explicitly requested step is not replaced by another
   caplog.clear()
@@ -200,4 +227,5 @@ def test_a_damaged_latest_checkpoint_costs_one_interval(trained, tmp_path, caplo
     train.train_and_evaluate(config, damaged)
   assert "Resumed from the checkpoint of step 1" in caplog.text
   assert os.listdir(f"{damaged}/damaged_checkpoints") == ["2"]  # set aside, not deleted
+  assert checkpointing.load_config(damaged).to_dict() == config.to_dict()  # config.json again
   jax.tree.map(np.testing.assert_array_equal, api.load(damaged)[2], api.load(workdir)[2])

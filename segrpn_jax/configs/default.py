@@ -193,7 +193,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   t.batch_size = 2
   t.num_steps = 2
   t.warmup_steps = 1
-  t.decay_steps = (100,)
+  t.decay_steps = ()  # no decay inside a run of a few steps
   t.checkpoint_every_steps = 1
   t.eval_every_steps = 100
   t.log_every_steps = 1
