@@ -60,6 +60,14 @@ def _model_problems(config: ml_collections.ConfigDict) -> list[str | None]:
           f"config.model.fusion.{key} = {fusion!r} needs RPN_mask, but "
           "config.model.class_agnostic = False (the baseline); set the fusion to 'none'."
         )
+  elif not m.get("rpn_mask", True):
+    for key in ("train", "inference"):
+      fusion = m.fusion[key]
+      if fusion in rpn_lib.FUSIONS and fusion != "none":
+        problems.append(
+          f"config.model.fusion.{key} = {fusion!r} needs RPN_mask, but "
+          "config.model.rpn_mask = False (SegRPN without RPN_mask); set the fusion to 'none'."
+        )
   if m.size_scale <= 0:
     problems.append(f"config.model.size_scale = {m.size_scale} must be > 0.")
   return problems
@@ -185,6 +193,8 @@ EVAL_KEYS = (
   "model.fusion.inference",
 )
 _MISSING = "<missing>"
+# Keys a run saved before they existed has, with their value (model.rpn_mask: RPN_mask built).
+_IMPLIED = {"model.rpn_mask": True}
 
 
 class WorkdirError(errors.WorkdirError):
@@ -224,6 +234,9 @@ def differences(
     '<missing>' for the other.
   """
   a, b = _flatten(saved.to_dict()), _flatten(new.to_dict())
+  for flat in (a, b):  # keys added later, with the value every run saved before them had
+    for key, value in _IMPLIED.items():
+      flat.setdefault(key, value)
   compared = (
     (key, a.get(key, _MISSING), b.get(key, _MISSING))
     for key in sorted(a.keys() | b.keys())

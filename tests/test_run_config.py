@@ -3,7 +3,7 @@
 import pytest
 
 from segrpn_jax import run_config
-from segrpn_jax.configs import baseline, default
+from segrpn_jax.configs import baseline, default, segrpn
 
 
 def test_every_problem_is_reported_together_with_its_key():
@@ -34,6 +34,26 @@ def test_a_fusion_on_the_baseline_is_refused():
   c.model.fusion.inference = "roi"
   with pytest.raises(run_config.ConfigError, match=r"fusion.inference = 'roi' needs RPN_mask"):
     run_config.validate(c, check_files=False)
+
+
+def test_a_fusion_without_rpn_mask_is_refused_before_the_model_is_built():
+  c = segrpn.get_config("synthetic,no_rpn_mask")
+  run_config.validate(c, check_files=False)  # fusion 'none': accepted
+  c.model.fusion.train = "rpn"
+  with pytest.raises(run_config.ConfigError) as e:
+    run_config.validate(c, check_files=False)
+  assert e.value.problems == [
+    "config.model.fusion.train = 'rpn' needs RPN_mask, but config.model.rpn_mask = False "
+    "(SegRPN without RPN_mask); set the fusion to 'none'."
+  ]
+
+
+def test_a_run_saved_before_rpn_mask_existed_has_rpn_mask():
+  saved, new = segrpn.get_config("synthetic"), segrpn.get_config("synthetic")
+  del saved.model["rpn_mask"]
+  assert run_config.differences(saved, new, ("model",)) == []
+  new.model.rpn_mask = False
+  assert run_config.differences(saved, new, ("model",)) == [("model.rpn_mask", True, False)]
 
 
 def test_a_missing_weights_file_names_the_key(tmp_path):
