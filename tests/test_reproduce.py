@@ -175,6 +175,11 @@ def test_table_two_rows_and_fallback_to_the_top_level_keys(tmp_path):
   assert len(tables.trainings(2)) == 8 and len(tables.TABLES[2]) == 17
   with pytest.raises(errors.UserError, match="--rows=case9-roi: not a training of Table 2"):
     tables.trainings(2, ["case9-roi"])
+  # The paper's Fig. 5 network is no row of either table, and trains by name with either.
+  for table in (1, 2):
+    assert "segrpn-no-rpn-mask" not in [t.name for t in tables.trainings(table)]
+    (extra,) = tables.trainings(table, ["segrpn-no-rpn-mask"])
+    assert extra.config_arg(synthetic=True) == "segrpn.py:no_rpn_mask,synthetic"
   with pytest.raises(errors.ConfigError, match="unknown config token 'no_such_token'"):
     os.makedirs(tmp_path / "baseline")  # started, without a config.json: the file decides
     tables.num_steps(tables.TRAININGS["baseline"], str(tmp_path), tokens=("no_such_token",))

@@ -71,11 +71,13 @@ class Training:
     name: its workdir under the sweep root, and its name for --rows.
     config_file: the config module in segrpn_jax/configs/, e.g. 'segrpn.py'.
     fusion: its training (and default inference) fusion; 'none' for the baseline.
+    setting: config tokens of the setting itself, before the fusion (e.g. 'no_rpn_mask').
   """
 
   name: str
   config_file: str
   fusion: str
+  setting: tuple[str, ...] = ()
 
   def config_arg(self, synthetic: bool = False, tokens: tuple[str, ...] = ()) -> str:
     """The `--config` value relative to the configs folder: FILE[:TOKENS].
@@ -84,7 +86,7 @@ class Training:
       synthetic: append the `synthetic` token.
       tokens: further config tokens, appended after the fusion and `synthetic`.
     """
-    parts = [] if self.fusion == "none" else [self.fusion]
+    parts = list(self.setting) + ([] if self.fusion == "none" else [self.fusion])
     parts += ["synthetic"] if synthetic else []
     parts += [t for t in tokens if t]
     return self.config_file + (":" + ",".join(parts) if parts else "")
@@ -131,6 +133,12 @@ TRAININGS = {
     ),
   ]
 }
+# Trainings no table row reads, run by name with --rows (with either table): the paper's Fig. 5
+# network, SegRPN without RPN_mask (python -m segrpn_jax.paper.figures --figure=missed-objects).
+EXTRA_TRAININGS = {
+  t.name: t for t in [Training("segrpn-no-rpn-mask", "segrpn.py", "none", ("no_rpn_mask",))]
+}
+TRAININGS.update(EXTRA_TRAININGS)
 
 
 def _rows(table: int, typed: list[tuple]) -> list[Row]:
@@ -192,21 +200,23 @@ def trainings(table: int, names: list[str] | None = None) -> list[Training]:
     names: Training.name values to keep (--rows); None = all.
 
   Returns:
-    The Training of every distinct run the table's (kept) rows read.
+    The Training of every distinct run the table's (kept) rows read, and the EXTRA_TRAININGS
+    named in `names`.
 
   Raises:
-    UserError: a name that is not a training of the table.
+    UserError: a name that is neither a training of the table nor of EXTRA_TRAININGS.
   """
   _check_table(table)
   needed = list(dict.fromkeys(row.training for row in TABLES[table]))
   if names:
-    unknown = sorted(set(names) - set(needed))
+    known = needed + list(EXTRA_TRAININGS)
+    unknown = sorted(set(names) - set(known))
     if unknown:
       raise errors.UserError(
         f"--rows={','.join(unknown)}: not a training of Table {table}; "
-        f"use some of {','.join(needed)}."
+        f"use some of {','.join(known)}."
       )
-    needed = [n for n in needed if n in names]
+    needed = [n for n in known if n in names]
   return [TRAININGS[n] for n in needed]
 
 
