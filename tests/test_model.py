@@ -98,10 +98,13 @@ def inference(tiny):
   @functools.partial(jax.jit, compiler_options=FAST)
   def run(variables, images):
     full = model.apply(variables, images, train=False)  # config.model.fusion.inference
-    logits = {
-      f: model.apply(variables, images, train=False, fusion=f)["rpn_logits"] for f in FUSIONS
-    }
     none = model.apply(variables, images, train=False, fusion="none")
+    logits = {
+      f: model.apply(variables, images, train=False, fusion=f)["rpn_logits"]
+      for f in FUSIONS
+      if f != "none"
+    }
+    logits["none"] = none["rpn_logits"]
     multi = model.apply(variables, images, ("roi+rpn", "none"), method=SegRPN.predict_fusions)
     return full, logits, model.apply(variables, images, method=SegRPN.rpn_maps), none, multi
 
