@@ -1,18 +1,53 @@
-"""Test setup: two host CPU devices so the data-parallel path is exercised on a laptop, and a
-persistent compilation cache so a program compiled by one test is not compiled again by the next
-(e.g. the train step of each train_and_evaluate run)."""
+"""Test setup, applied before JAX is imported and inherited by every subprocess a test starts:
 
+- two host CPU devices, so the data-parallel path is exercised on a laptop;
+- XLA's CPU backend optimisations off (LLVM -O0, no expensive passes): the tests compile far
+  more than they run. The tiny config's (tests/train_config.py) train step compiles in 18 s of
+  CPU time instead of 35 s and runs in 0.37 s instead of 0.16 s (our measurement, jax 0.10.2);
+- one persistent compilation cache per test run (a temporary folder, removed at exit), so a
+  program compiled by one test or process is loaded, not compiled again, by the next (e.g. the
+  train step of each train_and_evaluate run of the tiny config).
+
+Flags already in XLA_FLAGS are kept; a cache folder in JAX_COMPILATION_CACHE_DIR is used as is.
+"""
+
+import atexit
 import os
+import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+TEST_XLA_FLAGS = {
+  "--xla_force_host_platform_device_count": "2",
+  "--xla_backend_optimization_level": "0",
+  "--xla_llvm_disable_expensive_passes": "true",
+}
+
+
+def _xla_flags(existing: str) -> str:
+  """`existing` plus every TEST_XLA_FLAGS entry it does not set itself."""
+  names = {flag.split("=")[0] for flag in existing.split()}
+  added = [f"{name}={value}" for name, value in TEST_XLA_FLAGS.items() if name not in names]
+  return " ".join([existing, *added]).strip()
+
+
+os.environ["XLA_FLAGS"] = _xla_flags(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache = tempfile.mkdtemp(prefix="segrpn_jax_cache_")
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import jax
+import jax  # noqa: E402  (after the environment it reads)
 
+# The environment sets these when jax is first imported here; a plugin may have imported it first.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update(
-  "jax_compilation_cache_dir",
-  os.environ.get("SEGRPN_TEST_COMPILE_CACHE", tempfile.mkdtemp(prefix="segrpn_jax_cache_")),
+  "jax_persistent_cache_min_compile_time_secs",
+  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
 )
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+jax.config.update(
+  "jax_persistent_cache_min_entry_size_bytes",
+  int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+)

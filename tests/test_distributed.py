@@ -48,12 +48,13 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
   input_pipeline.get_builder(config)  # built once here; both children only read it
   workdir = str(tmp_path / "two_processes")
   port = _free_port()
+  # One CPU device per process; the other XLA flags and the compilation cache are conftest's.
+  xla_flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
   env = {
     **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    "XLA_FLAGS": " ".join([*xla_flags, "--xla_force_host_platform_device_count=1"]),
     "JAX_PLATFORMS": "cpu",
     "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-    "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
   }
   command = [
     sys.executable,
@@ -102,7 +103,7 @@ def test_two_processes_match_one(tmp_path, monkeypatch):
   a, b = _metrics(workdir), _metrics(reference)
   assert a.keys() == b.keys()
   for key in a:
-    np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
   # One checkpoint per saved step, written jointly by both processes.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
   _, _, restored = api.load(workdir)  # a single process can restore it

@@ -226,10 +226,11 @@ def test_segrpn_loss_weights_every_part():
     + 4.0 * parts["class_agnostic"]
     + 5.0 * parts["class_agnostic_map"]
   )
-  np.testing.assert_allclose(total, expected, rtol=1e-6)
+  # Sums and means of float32 terms: rtol 1e-5 (a few float32 roundings in any summation order).
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
   assert parts["rpn_mask/objectness"] != pytest.approx(parts["rpn_det/objectness"])
-  np.testing.assert_allclose(parts["class_agnostic"], np.log(2), rtol=1e-6)  # logits 0, no fg
-  np.testing.assert_allclose(parts["class_agnostic_map"], np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(parts["class_agnostic"], np.log(2), rtol=1e-5)  # logits 0, no fg
+  np.testing.assert_allclose(parts["class_agnostic_map"], np.log(2), rtol=1e-5)
   np.testing.assert_allclose(parts["fg_roi_fraction"], 4 / 16, rtol=1e-6)
   np.testing.assert_allclose(parts["fg_rois_per_2000"], 4 / 16 * 2000, rtol=1e-6)
 
@@ -258,5 +259,5 @@ def test_segrpn_loss_baseline_and_faster_rcnn_parts():
     "fg_rois_per_2000",
   }
   np.testing.assert_allclose(
-    total, sum(parts[k] for k in parts if not k.startswith("fg_roi")), rtol=1e-6
+    total, sum(parts[k] for k in parts if not k.startswith("fg_roi")), rtol=1e-5
   )

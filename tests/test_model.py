@@ -27,7 +27,7 @@ H, W = 128, 256
 FUSIONS = ("none", "rpn", "roi", "roi+rpn")
 LEVEL_SHAPES = [(32, 64), (16, 32), (8, 16), (4, 8), (2, 4)]  # P2..P6 of 128x256
 NUM_ANCHORS = 3 * sum(h * w for h, w in LEVEL_SHAPES)
-OVERFIT_STEPS = 40
+OVERFIT_STEPS = 20  # the loss is below a third of its start by step 4 (our measurement)
 
 
 def tiny_config():
@@ -99,10 +99,13 @@ def inference(tiny):
   @functools.partial(jax.jit, compiler_options=FAST)
   def run(variables, images):
     full = model.apply(variables, images, train=False)  # config.model.fusion.inference
-    logits = {
-      f: model.apply(variables, images, train=False, fusion=f)["rpn_logits"] for f in FUSIONS
-    }
     none = model.apply(variables, images, train=False, fusion="none")
+    logits = {
+      f: model.apply(variables, images, train=False, fusion=f)["rpn_logits"]
+      for f in FUSIONS
+      if f != "none"
+    }
+    logits["none"] = none["rpn_logits"]
     multi = model.apply(variables, images, ("roi+rpn", "none"), method=SegRPN.predict_fusions)
     return full, logits, model.apply(variables, images, method=SegRPN.rpn_maps), none, multi
 
@@ -257,7 +260,7 @@ def test_inference_fusions_match_the_per_level_maps(tiny, inference):
   for level in maps.values():
     f, f_mask = level["rpn_det_features"], level["rpn_mask_features"]
     fused = f + f * f_mask
-    np.testing.assert_allclose(level["fused_features"], fused, rtol=1e-6)
+    np.testing.assert_allclose(level["fused_features"], fused, rtol=1e-5, atol=1e-6)
     rpn.append((fused @ np.asarray(head["kernel"]) + np.asarray(head["bias"])).reshape(2, -1))
   rpn = np.concatenate(rpn, axis=1)
   np.testing.assert_allclose(logits["none"], det, rtol=1e-4, atol=1e-5)
@@ -561,7 +564,8 @@ def test_sample_rois_hand_case():
     np.float32,
   )
   valid = np.array([True, True, True, True, False])
-  out = roi_heads.sample_rois(
+  sample_rois = jax.jit(roi_heads.sample_rois, static_argnums=(6, 7, 8, 9))  # one compile
+  out = sample_rois(
     proposals, valid, gt, gt_classes, gt_valid, jax.random.key(0), 8, 0.5, 0.5, (10, 10, 5, 5)
   )
   sampled, fg = np.asarray(out["sampled"]), np.asarray(out["foreground"])
@@ -602,8 +606,9 @@ def test_postprocess_hand_case():
   logits[0, 3], logits[1, 3], logits[2, 5], logits[4, 2], logits[5, 1] = 5.0, 4.0, 3.0, 9.0, 2.0
   logits[3, 0] = 10.0
   deltas = np.zeros((6, 4 * k), np.float32)
+  postprocess = jax.jit(roi_heads.postprocess, static_argnums=(4, 5, 6, 7, 8))  # one compile
   out = jax.device_get(
-    roi_heads.postprocess(logits, deltas, proposals, valid, (H, W), (10, 10, 5, 5), 0.05, 0.5, 5)
+    postprocess(logits, deltas, proposals, valid, (H, W), (10, 10, 5, 5), 0.05, 0.5, 5)
   )
   probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
   assert out["valid"].tolist() == [True, True, True, False, False]
