@@ -97,5 +97,5 @@ def test_the_tiny_token_is_synthetic_made_small_in_any_order():
     assert tiny[key] == synthetic[key], key
   # The scale-case thresholds follow the image: size_scale is the image height over 512.
   assert tiny["model.size_scale"] == 64 / 512
-  with pytest.raises(ValueError, match=r"unknown config token 'small'.*'synthetic' or 'tiny'"):
+  with pytest.raises(ValueError, match=r"unknown config token 'small'.*'synthetic', 'tiny'"):
     case1.get_config("small")

@@ -141,7 +141,8 @@ def test_the_readme_test_command_is_what_ci_runs():
   ci = _commands((ROOT / ".ci" / "run").read_text())
   ci = [c for c in ci if c[0] not in ("set", "cd")]  # the script's own set-up
   assert ci == [["pip", "install", "-e", ".[dev]"], ["pytest", "-q"]]
-  # The README's first two code blocks are its two set-up commands: the quick start, and the
-  # tests with exactly CI's commands.
-  blocks = [_commands(block) for block in _code_blocks((ROOT / "README.md").read_text())[:2]]
-  assert ci in blocks, f"README's first two code blocks: {blocks}; .ci/run: {ci}"
+  # The README's first two code blocks are its two set-up commands (install, then the tests):
+  # exactly CI's commands, in CI's order.
+  blocks = _code_blocks((ROOT / "README.md").read_text())[:2]
+  readme = [command for block in blocks for command in _commands(block)]
+  assert readme == ci, f"README's first two code blocks: {readme}; .ci/run: {ci}"
