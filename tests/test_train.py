@@ -1,6 +1,6 @@
-"""The main job on a tiny synthetic config: a 2-step train_and_evaluate, --mode=eval on its
-workdir, 1 vs 2 devices, the non-finite loss guard, an unwritable checkpoints folder and a
-damaged checkpoint. (Resuming after SIGTERM: tests/test_robustness.py.)"""
+"""The main job on a tiny synthetic config: a 2-step train_and_evaluate (the run tests/conftest.py
+shares), --mode=eval on its workdir, 1 vs 2 devices, the non-finite loss guard, an unwritable
+checkpoints folder and a damaged checkpoint. (Resuming after SIGTERM: tests/test_robustness.py.)"""
 
 import functools
 import glob
@@ -121,7 +121,7 @@ def test_one_and_two_devices_give_the_same_loss(data_dir):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = Mesh(np.asarray(devices), ("data",))
-    # Training's own jitted step: on both devices, the program the shared run compiled.
+    # Training's own jitted step: on two devices, the shared run's program (from the cache).
     step = train.jit_train_step(model, config, mesh)
     sharded = parallel.shard_batch(batch, parallel.data_sharding(mesh), train.BATCH_KEYS)
     new_state, metrics = step(jax.device_put(state, parallel.replicated(mesh)), sharded)
