@@ -183,6 +183,19 @@ def _close(manager, wait: bool) -> None:
       logging.warning("Closing the checkpoint manager failed: %s", e)
 
 
+def jit_train_step(model, config: ml_collections.ConfigDict, mesh):
+  """`train_step(state, batch)` jitted on `mesh`: the state replicated (and donated), the batch
+  split along its leading axis. Every caller with the same model, config and mesh gets the same
+  program, so the persistent compilation cache, when one is set, serves it to the next."""
+  replicated = parallel.replicated(mesh)
+  return jax.jit(
+    functools.partial(train_step, model=model, config=config),
+    in_shardings=(replicated, parallel.data_sharding(mesh)),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
+
+
 def _train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -210,14 +223,7 @@ def _train_and_evaluate(
     logging.info("Resumed from the checkpoint of step %d.", step)
     # Newer steps are ones restore found damaged; this run writes them again.
     checkpointing.set_aside_newer(manager, workdir, step)
-  state_sharding = jax.tree.map(lambda _: replicated, state)
-
-  p_train_step = jax.jit(
-    functools.partial(train_step, model=model, config=config),
-    in_shardings=(state_sharding, data_sharding),
-    out_shardings=(state_sharding, replicated),
-    donate_argnums=0,
-  )
+  p_train_step = jit_train_step(model, config, mesh)
   train_iter: Iterator[dict] = input_pipeline.create_train_iterator(config, start_step=step)
   eval_data = input_pipeline.create_eval_dataset(config)
 

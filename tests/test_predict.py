@@ -4,6 +4,7 @@ process), its files, and its numbers against api.predict on the same resized inp
 import json
 import os
 import pathlib
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,10 +13,9 @@ import tensorflow as tf
 from absl import flags
 from PIL import Image
 
-from segrpn_jax import api, errors, predict, train
+from segrpn_jax import api, errors, predict
 from segrpn_jax.datasets import labels
 from segrpn_jax.pretrained import PIXEL_MEAN, PIXEL_STD
-from tests.train_config import tiny_train_config
 
 BATCH_SIZE = 2  # the batch size of the run's evaluation: api.predict is compiled once for both
 
@@ -45,15 +45,11 @@ def _scene(width, height, seed):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """A 2-step tiny run (tests/test_train.py's pattern)."""
-  config = tiny_train_config(str(tmp_path_factory.mktemp("tfds")))
-  # The run's evaluation draws no TensorBoard pictures: they are not what is tested here.
-  config.eval.num_image_summaries = 0
-  # Keep every box of the barely trained model, so the box checks below have boxes to check.
-  config.model.roi.score_threshold = 0.0
-  workdir = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(config, workdir)
+def run(tiny_run, tmp_path_factory):
+  """A copy of the shared 2-step tiny run (tests/conftest.py), its config unchanged: its
+  evaluation compiled the program the command runs (api.predict at the same batch size)."""
+  workdir = str(tmp_path_factory.mktemp("run") / "run")
+  shutil.copytree(tiny_run[1], workdir)
   return workdir
 
 

@@ -1,6 +1,6 @@
-"""The main job on a tiny synthetic config: a 2-step train_and_evaluate, --mode=eval on its
-workdir, 1 vs 2 devices, the non-finite loss guard, an unwritable checkpoints folder and a
-damaged checkpoint. (Resuming after SIGTERM: tests/test_robustness.py.)"""
+"""The main job on a tiny synthetic config: a 2-step train_and_evaluate (the run tests/conftest.py
+shares), --mode=eval on its workdir, 1 vs 2 devices, the non-finite loss guard, an unwritable
+checkpoints folder and a damaged checkpoint. (Resuming after SIGTERM: tests/test_robustness.py.)"""
 
 import functools
 import glob
@@ -24,17 +24,18 @@ from tests.train_config import tiny_train_config
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+def data_dir(tiny_run):
+  return tiny_run[0]
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
-  """A 2-step run: checkpoints every step, logs every step, evaluates at the end."""
-  config = tiny_train_config(data_dir)
-  workdir = str(tmp_path_factory.mktemp("run"))
-  results = train.train_and_evaluate(config, workdir)
-  return config, workdir, results
+def trained(tiny_run, tmp_path_factory):
+  """A copy of the shared 2-step run (tests/conftest.py): checkpoints every step, logs every
+  step, evaluates at the end."""
+  data_dir, shared, results = tiny_run
+  workdir = str(tmp_path_factory.mktemp("run") / "run")
+  shutil.copytree(shared, workdir)
+  return tiny_train_config(data_dir), workdir, dict(results)
 
 
 def _assert_same_metrics(a: dict, b: dict):
@@ -114,15 +115,14 @@ def test_one_and_two_devices_give_the_same_loss(data_dir):
   assert jax.device_count() == 2, "tests/conftest.py asks XLA for two host devices"
   config = tiny_train_config(data_dir)
   model = api.create_model(config)
-  state = state_lib.init_state(config, jax.random.PRNGKey(0))
+  # On the host: each step gets its own device copy, as the step donates its state.
+  state = jax.device_get(state_lib.init_state(config, jax.random.PRNGKey(0)))
   batch = next(input_pipeline.create_train_iterator(config))
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = Mesh(np.asarray(devices), ("data",))
-    step = jax.jit(
-      functools.partial(train.train_step, model=model, config=config),
-      in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
-    )
+    # Training's own jitted step: on two devices, the shared run's program (from the cache).
+    step = train.jit_train_step(model, config, mesh)
     sharded = parallel.shard_batch(batch, parallel.data_sharding(mesh), train.BATCH_KEYS)
     new_state, metrics = step(jax.device_put(state, parallel.replicated(mesh)), sharded)
     results.append((jax.device_get(metrics), jax.device_get(new_state.params)))
@@ -137,7 +137,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
   data_dir, tmp_path, monkeypatch
 ):
   config = tiny_train_config(data_dir)
-  config.train.num_steps = 4
+  config.train.num_steps = 3
   real = input_pipeline.create_train_iterator
 
   def poisoned(config, start_step=0, **kwargs):
