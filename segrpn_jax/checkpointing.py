@@ -14,6 +14,7 @@ import logging as py_logging
 import os
 import sys
 import tempfile
+import traceback
 
 import jax
 import ml_collections
@@ -62,6 +63,46 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Check
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
+# The coroutine of Orbax's array reads; when one read of a damaged step fails, its siblings
+# fail after the restore has given up, and nobody retrieves their exceptions.
+_ORBAX_READ = "_read_array_index_and_device_put"
+
+
+def _is_orbax_read_report(text: str, exc: BaseException | None) -> bool:
+  while exc is not None:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if any(frame.name == _ORBAX_READ for frame in frames):
+      return True
+    exc = exc.__cause__ or exc.__context__
+  return _ORBAX_READ in text
+
+
+class _OrbaxReadFilter(py_logging.Filter):
+  """Drops asyncio's "exception was never retrieved" reports of Orbax's read tasks."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not _is_orbax_read_report(record.getMessage(), exc)
+
+
+def _drop_orbax_read_reports() -> None:
+  """Keeps the reports of Orbax's failed read tasks (asyncio's log, Python's unraisable-exception
+  hook) out of the output for the rest of the process; every other report passes. Idempotent."""
+  asyncio_logger = py_logging.getLogger("asyncio")
+  if not any(isinstance(f, _OrbaxReadFilter) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_OrbaxReadFilter())
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_orbax_reads", False):
+    return
+
+  def hook(unraisable) -> None:
+    if not _is_orbax_read_report(repr(unraisable.object), unraisable.exc_value):
+      previous(unraisable)
+
+  hook.drops_orbax_reads = True
+  sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def quiet():
   """Orbax's and asyncio's reports of a failed read, kept out of the log.
@@ -69,8 +110,11 @@ def quiet():
   A restore that fails leaves Orbax warnings ("Metadata file does not exist"), asyncio futures
   whose exception nobody retrieved and coroutines that were never awaited. They are collected
   here (gc) while asyncio's logger, absl's warnings and Python's unraisable-exception hook are
-  muted, so the one line `restore` logs per damaged step is all that is printed.
+  muted, so the one line `restore` logs per damaged step is all that is printed. Orbax's read
+  tasks that are still running then end later (at exit at the latest); `_drop_orbax_read_reports`
+  keeps their reports out of the log too.
   """
+  _drop_orbax_read_reports()
   absl_logger = py_logging.getLogger("absl")
   asyncio_logger = py_logging.getLogger("asyncio")
   levels = absl_logger.level, asyncio_logger.level

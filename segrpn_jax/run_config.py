@@ -53,21 +53,18 @@ def _model_problems(config: ml_collections.ConfigDict) -> list[str | None]:
   except ValueError as e:
     problems.append(str(e))
   if not m.class_agnostic:
-    for key in ("train", "inference"):
-      fusion = m.fusion[key]
-      if fusion in rpn_lib.FUSIONS and fusion != "none":
-        problems.append(
-          f"config.model.fusion.{key} = {fusion!r} needs RPN_mask, but "
-          "config.model.class_agnostic = False (the baseline); set the fusion to 'none'."
-        )
+    without = "config.model.class_agnostic = False (the baseline)"
   elif not m.get("rpn_mask", True):
-    for key in ("train", "inference"):
-      fusion = m.fusion[key]
-      if fusion in rpn_lib.FUSIONS and fusion != "none":
-        problems.append(
-          f"config.model.fusion.{key} = {fusion!r} needs RPN_mask, but "
-          "config.model.rpn_mask = False (SegRPN without RPN_mask); set the fusion to 'none'."
-        )
+    without = "config.model.rpn_mask = False (SegRPN without RPN_mask)"
+  else:
+    without = None
+  for key in ("train", "inference") if without else ():
+    fusion = m.fusion[key]
+    if fusion in rpn_lib.FUSIONS and fusion != "none":
+      problems.append(
+        f"config.model.fusion.{key} = {fusion!r} needs RPN_mask, but {without}; "
+        "set the fusion to 'none'."
+      )
   if m.size_scale <= 0:
     problems.append(f"config.model.size_scale = {m.size_scale} must be > 0.")
   return problems
