@@ -16,7 +16,7 @@ import os
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from segrpn_jax import errors, pretrained
 
@@ -75,11 +75,7 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     argv: the arguments left after the flags (none are accepted).
     flag_values: the parsed flags of `define_flags`.
   """
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for name in ("input", "output", "depth"):
-    if flag_values[name].value is None:
-      raise app.UsageError(f"--{name} is required.")
+  errors.check_command_line(argv, flag_values, ("input", "output", "depth"))
   print(
     convert(
       errors.expand_path(flag_values.input),

@@ -89,6 +89,24 @@ def run(main: Callable[..., int | None], *args, **kwargs) -> int:
 _HELP_FLAGS = ("--help", "-help", "-?", "--helpshort", "-helpshort", "--helpfull", "-helpfull")
 
 
+def check_command_line(argv: list[str], flag_values: flags.FlagValues, required) -> None:
+  """A tool's command line after absl parsed it: no stray arguments, every required flag given.
+
+  Args:
+    argv: what absl left after the flags (the program name only, when the line is right).
+    flag_values: the parsed flags.
+    required: names of the flags that must have a value (not None, not empty).
+
+  Raises:
+    app.UsageError: naming the stray arguments or the first missing flag.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for name in required:
+    if flag_values[name].value in (None, ""):
+      raise app.UsageError(f"--{name} is required.")
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing (app.parse_flags_with_usage)."""
   return app.parse_flags_with_usage(argv)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from PIL import Image
 from tqdm import tqdm
 
@@ -428,12 +428,8 @@ def main(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
     argv: the arguments left after the flags (none are accepted).
     flag_values: the parsed flags of `define_flags`.
   """
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  errors.check_command_line(argv, flag_values, ("workdir", "input", "output"))
   flag = {name: flag_values[name].value for name in flag_values}
-  for name in ("workdir", "input", "output"):
-    if not flag[name]:
-      raise app.UsageError(f"--{name} is required.")
   workdir, output_dir = errors.expand_path(flag["workdir"]), errors.expand_path(flag["output"])
   paths, root = check_arguments(workdir, errors.expand_path(flag["input"]), output_dir)
   try:

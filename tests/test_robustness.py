@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from absl import flags
+from absl import app, flags
 
 from segrpn_jax import api, checkpointing, errors, input_pipeline, main, run_config, train
 from tests.test_train import _scalars
@@ -389,3 +389,16 @@ def test_a_missing_dataset_is_reported_before_anything_is_built(tmp_path, monkey
                       capsys)  # fmt: skip
   assert status == errors.EXIT_USER_ERROR and "/nonexistent/cityscapes" in err
   assert "Traceback" not in err and calls == [] and not os.path.exists(f"{tmp_path}/run")
+
+
+def test_a_tools_command_line_names_a_stray_argument_and_the_first_missing_flag():
+  fv = flags.FlagValues()
+  flags.DEFINE_string("input", None, "", flag_values=fv)
+  flags.DEFINE_string("output", None, "", flag_values=fv)
+  flags.DEFINE_integer("depth", None, "", flag_values=fv)
+  fv(["tool", "--input=a.pth", "--output=", "--depth=0"])
+  with pytest.raises(app.UsageError, match=r"^unexpected arguments: \['b'\]$"):
+    errors.check_command_line(["tool", "b"], fv, ("input",))
+  with pytest.raises(app.UsageError, match=r"^--output is required\.$"):  # empty is missing
+    errors.check_command_line(["tool"], fv, ("input", "output", "depth"))
+  errors.check_command_line(["tool"], fv, ("input", "depth"))  # 0 is a value
