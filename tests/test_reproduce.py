@@ -206,6 +206,22 @@ def test_dry_run_prints_one_command_per_training_and_seed(tmp_path):
     "--workdir=runs/case3-rpn-seed2",
     "--config.seed=2",
   ]
+  # Overrides follow the seed, on every run; a malformed one is refused before anything runs.
+  out = _reproduce(
+    "--table=1", f"--root={tmp_path}", "--rows=baseline", "--dry_run",
+    "--override=data.eval_split=validation[:2000]", "--override=train.num_steps=10",
+  ).stdout.splitlines()  # fmt: skip
+  assert out == [
+    f"{main}/baseline.py --workdir={root}/baseline --config.seed=0 "
+    "'--config.data.eval_split=validation[:2000]' --config.train.num_steps=10"
+  ]
+  for bad, cause in [("eval_split", "not KEY=VALUE"), ("seed=3", "sets config.seed per run")]:
+    refused = _reproduce(
+      "--table=1", f"--root={tmp_path}", "--dry_run", f"--override={bad}", check=False
+    )
+    assert refused.returncode == errors.EXIT_USER_ERROR
+    assert refused.stderr.startswith(f"error: --override='{bad}'")
+    assert cause in refused.stderr
   both = _reproduce("--table=1", f"--root={tmp_path}", "--dry_run", "--collect", check=False)
   assert both.returncode == errors.EXIT_USER_ERROR
   assert both.stderr.startswith("error: --dry_run and --collect exclude each other")
@@ -227,6 +243,10 @@ def test_the_sweep_skips_finished_runs_and_stops_on_a_failure(tmp_path):
   assert [c[0] for c in calls] == [sys.executable] * 5
   assert calls[2][1:] == tables.command(tables.TRAININGS["baseline"], str(tmp_path), True, 1)[1:]
   assert calls[2][-1] == "--config.seed=1"
+  tables.run_trainings(
+    1, str(tmp_path), True, ["baseline"], seeds=3, run=fake_run, overrides=("train.num_steps=7",)
+  )
+  assert calls[-1][-2:] == ["--config.seed=2", "--config.train.num_steps=7"]
   assert (tmp_path / "segrpn-rpn-seed1" / "train.log").read_text() == "training...\n"
   with pytest.raises(errors.TrainingError, match=r"training segrpn-rpn failed \(exit code 3\)"):
     tables.run_trainings(

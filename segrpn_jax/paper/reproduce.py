@@ -1,17 +1,18 @@
 """Reproduces the paper's Table I or II: trains every run it needs, then writes the table.
 
   python -m segrpn_jax.paper.reproduce --table=1 --root=runs/table1 [--synthetic]
-      [--rows=NAME,...] [--seeds=N] [--tokens=TOKEN,...] [--dry_run | --collect]
+      [--rows=NAME,...] [--seeds=N] [--tokens=TOKEN,...] [--override=KEY=VALUE ...]
+      [--dry_run | --collect]
 
 Each training gets its own workdir: seed 0 in ROOT/<name>, seed K in ROOT/<name>-seed<K> (names:
 `--dry_run` lists them). It runs as `python -m segrpn_jax.main
---config=segrpn_jax/configs/X.py:TOKENS --workdir=... --config.seed=K`, one after the other, all
-seed-0 runs first; a progress bar counts the trainings. A finished run (its final
-metrics_<num_steps>.json exists) is skipped; a killed one resumes from its checkpoints, so
-rerunning the same command continues the sweep. The "w/o ... during inference" rows are read
-from the same runs. Then ROOT/table<N>.md (ours as mean ± sample std over the seeds, every
-paper value beside it, the changes against the baseline), ROOT/table<N>.csv (every seed's
-values) and ROOT/table<N>_changes.png (the changes, ours with error bars, the paper's as
+--config=segrpn_jax/configs/X.py:TOKENS --workdir=... --config.seed=K [--config.KEY=VALUE]`,
+one after the other, all seed-0 runs first; a progress bar counts the trainings. A finished run
+(its final metrics_<num_steps>.json exists) is skipped; a killed one resumes from its
+checkpoints, so rerunning the same command continues the sweep. The "w/o ... during inference"
+rows are read from the same runs. Then ROOT/table<N>.md (ours as mean ± sample std over the
+seeds, every paper value beside it, the changes against the baseline), ROOT/table<N>.csv (every
+seed's values) and ROOT/table<N>_changes.png (the changes, ours with error bars, the paper's as
 markers) are written, and the table is printed.
 
 Run from the repository root (the commands name the configs relative to it) or anywhere with an
@@ -34,6 +35,12 @@ flags.DEFINE_integer("seeds", 1, "Trainings per row, config.seed 0..N-1.")
 flags.DEFINE_list(
   "tokens", [], "Config tokens appended to every training, e.g. a dataset variant's token."
 )
+flags.DEFINE_multi_string(
+  "override",
+  [],
+  "KEY=VALUE, repeatable: passed to every training as --config.KEY=VALUE, e.g. "
+  "--override=data.eval_split=validation[:2000]. A run keeps the values it started with.",
+)
 flags.DEFINE_bool("dry_run", False, "Print one command per training and exit.")
 flags.DEFINE_bool("collect", False, "Only build the table from what has finished.")
 flags.mark_flags_as_required(["table", "root"])
@@ -46,15 +53,18 @@ def main(argv: list[str]) -> int:
     raise errors.UserError("--dry_run and --collect exclude each other; give one of them.")
   table, root, synthetic = FLAGS.table, errors.expand_path(FLAGS.root), FLAGS.synthetic
   names, seeds, tokens = FLAGS.rows or None, FLAGS.seeds, tuple(FLAGS.tokens)
+  overrides = tuple(FLAGS.override)
+  tables.check_overrides(overrides)
   todo = tables.schedule(table, seeds, names)
   if FLAGS.dry_run:
     for training, seed in todo:
       done = tables.is_finished(training, root, synthetic, seed, tokens)
       prefix = "# finished, would be skipped: " if done else ""
-      print(prefix + shlex.join(tables.command(training, root, synthetic, seed, tokens)))
+      argv = tables.command(training, root, synthetic, seed, tokens, overrides)
+      print(prefix + shlex.join(argv))
     return 0
   if not FLAGS.collect:
-    tables.run_trainings(table, root, synthetic, names, seeds, tokens)
+    tables.run_trainings(table, root, synthetic, names, seeds, tokens, overrides=overrides)
   print(tables.write_table(table, root, synthetic, names, seeds, tokens), end="")
   return 0
 

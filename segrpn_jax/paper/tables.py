@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -234,6 +235,7 @@ def command(
   synthetic: bool = False,
   seed: int = 0,
   tokens: tuple[str, ...] = (),
+  overrides: tuple[str, ...] = (),
 ) -> list[str]:
   """The command line that trains (or resumes) one run.
 
@@ -243,6 +245,7 @@ def command(
     synthetic: append the `synthetic` config token (the CPU quick start).
     seed: config.seed, and the workdir (`Training.workdir`).
     tokens: further config tokens for every run (e.g. a dataset variant).
+    overrides: KEY=VALUE config overrides for every run, passed as --config.KEY=VALUE.
 
   Returns:
     argv, starting with 'python' (the caller runs it with its own interpreter).
@@ -255,7 +258,24 @@ def command(
     f"--config={config}",
     f"--workdir={training.workdir(root, seed)}",
     f"--config.seed={seed}",
+    *(f"--config.{override}" for override in overrides),
   ]
+
+
+def check_overrides(overrides: tuple[str, ...]) -> None:
+  """Fails on an override that is not KEY=VALUE with KEY a dotted config key (no `seed`: the
+  sweep sets it per run)."""
+  for override in overrides:
+    key, eq, _ = override.partition("=")
+    if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+      raise errors.UserError(
+        f"--override={override!r} is not KEY=VALUE with a dotted config key; write e.g. "
+        "--override=data.eval_split=validation[:2000]."
+      )
+    if key == "seed":
+      raise errors.UserError(
+        f"--override={override!r}: the sweep sets config.seed per run; use --seeds=N instead."
+      )
 
 
 def num_steps(
@@ -313,6 +333,7 @@ def run_trainings(
   seeds: int = 1,
   tokens: tuple[str, ...] = (),
   run: Callable = subprocess.run,
+  overrides: tuple[str, ...] = (),
 ) -> list[str]:
   """Trains a table's runs one after the other, each as `python -m segrpn_jax.main` in its own
   process; a finished run is skipped, a killed one resumes from its checkpoints (main does that).
@@ -328,6 +349,7 @@ def run_trainings(
     seeds: runs per training, config.seed 0..seeds-1.
     tokens: further config tokens for every run.
     run: runs one argv (subprocess.run's signature; replaced in tests).
+    overrides: KEY=VALUE config overrides for every run (`command`).
 
   Returns:
     The workdir names (relative to root) of the trainings that were run (not skipped).
@@ -335,6 +357,7 @@ def run_trainings(
   Raises:
     TrainingError: when a training exits with an error, naming it and its log.
   """
+  check_overrides(overrides)
   todo = schedule(table, seeds, names)
   finished = [is_finished(t, root, synthetic, s, tokens) for t, s in todo]
   ran = []
@@ -347,7 +370,7 @@ def run_trainings(
       if done:
         tqdm.tqdm.write(f"{name}: finished, skipped")
         continue
-      argv = command(training, root, synthetic, seed, tokens)
+      argv = command(training, root, synthetic, seed, tokens, overrides)
       tqdm.tqdm.write(f"{name}: {shlex.join(argv)}")
       os.makedirs(workdir, exist_ok=True)
       log = os.path.join(workdir, "train.log")
