@@ -29,7 +29,16 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, summaries and metrics.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate) or evaluate only.")
 flags.DEFINE_integer("step", None, "With --mode=eval: the checkpoint step (default: latest).")
+flags.DEFINE_string(
+  "compilation_cache_dir",
+  None,
+  "JAX's persistent compilation cache: a rerun of the same config, another seed of it and its "
+  "evaluation load their compiled programs from here instead of compiling again. Default "
+  "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/segrpn_jax/xla; an empty value turns it off.",
+)
 flags.mark_flags_as_required(["workdir"])
+
+DEFAULT_COMPILATION_CACHE = "~/.cache/segrpn_jax/xla"
 
 
 def _config_argument(argv: list[str]) -> str | None:
@@ -116,6 +125,21 @@ def initialize_distributed(config) -> None:
   jax.distributed.initialize(**cluster)
 
 
+def use_compilation_cache(flag_value: str | None) -> str | None:
+  """Points JAX's persistent compilation cache at the --compilation_cache_dir folder (see the
+  flag); returns the folder, or None when the cache is off. Programs that compile in under a
+  second are not stored (JAX's default threshold)."""
+  folder = flag_value
+  if folder is None:
+    folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_COMPILATION_CACHE
+  if not folder:
+    jax.config.update("jax_enable_compilation_cache", False)
+    return None
+  folder = errors.expand_path(folder)
+  jax.config.update("jax_compilation_cache_dir", folder)
+  return folder
+
+
 def main(argv) -> int:
   if len(argv) > 1:
     raise errors.UserError(f"unexpected arguments {argv[1:]}: every option is a --flag=value.")
@@ -133,6 +157,8 @@ def main(argv) -> int:
     # config is validated by evaluate.evaluate.
     config = run_config.for_evaluation(workdir, FLAGS.config)
   initialize_distributed(config)
+  cache = use_compilation_cache(FLAGS.compilation_cache_dir)
+  logging.info("Compilation cache: %s", cache or "off")
   logging.info(
     "JAX process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices()
   )
