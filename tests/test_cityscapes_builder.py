@@ -1,4 +1,4 @@
-"""cityscapes_instances against a miniature Cityscapes release drawn by the test.
+"""cityscapes_instances against a miniature Cityscapes release drawn by fake_cityscapes.
 
 The fixture writes the official file layout (leftImg8bit/ and gtFine/ with the real file names,
 8-bit labelIds and 16-bit instanceIds, plus the colour/polygon files the builder must skip) as
@@ -6,18 +6,15 @@ folders and as the two official zips. The expected output is computed here with 
 from what was drawn, with a hand-written labelId -> trainId table.
 """
 
-import io
-import json
 import re
 import shutil
-import zipfile
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from segrpn_jax.datasets import cityscapes_instances, labels
+from segrpn_jax.datasets import cityscapes_instances, fake_cityscapes, labels
 
 HEIGHT, WIDTH = 24, 40
 # (split folder, city, sequence, frame)
@@ -32,38 +29,6 @@ FRAMES = (
 TRAIN_ID = {0: 255, 4: 255, 7: 0, 8: 1, 9: 255, 11: 2, 21: 8, 23: 10}
 TRAIN_ID |= {24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 29: 255, 30: 255, 31: 16, 32: 17, 33: 18}
 THING = {24: 0, 25: 1, 26: 2, 27: 3, 28: 4, 31: 5, 32: 6, 33: 7}  # labelId -> 0-based class
-
-
-def _draw_frame(rng):
-  """labelIds, instanceIds and an RGB image of one frame: stuff bands, then objects in order."""
-  label_ids = np.zeros((HEIGHT, WIDTH), np.uint8)
-  label_ids[:6], label_ids[6:12], label_ids[12:] = 23, 11, 7
-  label_ids[12:, :5] = 8  # sidewalk
-  label_ids[20:, 30:] = 9  # parking: ignored
-  label_ids[0:2, 0:3] = 4  # static: ignored
-  label_ids[8:10, 20:24] = 21
-  instance_ids = label_ids.astype(np.uint16)
-  next_k = {}
-  # Later objects occlude earlier ones; a value below 1000 is a group (crowd) or caravan-like.
-  for _ in range(rng.integers(3, 7)):
-    label = int(rng.choice([24, 25, 26, 27, 28, 31, 32, 33, 29, 30]))
-    y0, x0 = rng.integers(0, HEIGHT - 3), rng.integers(0, WIDTH - 3)
-    y1, x1 = y0 + rng.integers(2, 12), x0 + rng.integers(2, 14)
-    if rng.uniform() < 0.2 and label in THING:
-      value = label  # a group region such as "cargroup"
-    else:
-      next_k[label] = next_k.get(label, -1) + 1
-      value = label * 1000 + next_k[label]
-    label_ids[y0:y1, x0:x1] = label
-    instance_ids[y0:y1, x0:x1] = value
-  image = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
-  return image, label_ids, instance_ids
-
-
-def _png(array):
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG")
-  return buffer.getvalue()
 
 
 def _expected(image, label_ids, instance_ids):
@@ -101,40 +66,15 @@ def release(tmp_path_factory):
   """Writes the release as folders and as zips; returns their dirs and the expected examples."""
   root = tmp_path_factory.mktemp("cityscapes")
   folders, zips = root / "folders", root / "zips"
-  zips.mkdir()
-  rng = np.random.default_rng(7)
-  files, expected = {}, {"train": {}, "validation": {}}
-  for split, city, seq, frame in FRAMES:
-    stem = f"{city}_{seq:06d}_{frame:06d}"
-    image, label_ids, instance_ids = _draw_frame(rng)
-    gt = f"gtFine/{split}/{city}/{stem}_gtFine_"
-    files[f"leftImg8bit/{split}/{city}/{stem}_leftImg8bit.png"] = _png(image)
-    files[gt + "labelIds.png"] = _png(label_ids)
-    files[gt + "instanceIds.png"] = _png(instance_ids)
-    files[gt + "color.png"] = _png(image)  # present in the release, not read
-    files[gt + "polygons.json"] = json.dumps({"imgHeight": HEIGHT}).encode()
-    tfds_split = {"train": "train", "val": "validation"}[split]
-    expected[tfds_split][stem] = _expected(image, label_ids, instance_ids)
-  files["leftImg8bit/test/berlin/berlin_000000_000019_leftImg8bit.png"] = _png(image)
-  for name, data in files.items():
-    (folders / name).parent.mkdir(parents=True, exist_ok=True)
-    (folders / name).write_bytes(data)
-  for zip_name, part in (
-    (cityscapes_instances.IMAGE_ZIP, "leftImg8bit/"),
-    (cityscapes_instances.LABEL_ZIP, "gtFine/"),
-  ):
-    with zipfile.ZipFile(zips / zip_name, "w") as archive:
-      archive.writestr("README", "Cityscapes")
-      for name, data in files.items():
-        if name.startswith(part):
-          archive.writestr(name, data)
+  names = fake_cityscapes.write_release(folders, FRAMES, HEIGHT, WIDTH, seed=7)
+  fake_cityscapes.write_release(zips, FRAMES, HEIGHT, WIDTH, seed=7, as_zips=True)
+  expected = {"train": {}, "validation": {}}
+  for frame in fake_cityscapes.draw_frames(FRAMES, HEIGHT, WIDTH, seed=7):
+    tfds_split = {"train": "train", "val": "validation"}[frame.split]
+    expected[tfds_split][frame.stem] = _expected(frame.image, frame.label_ids, frame.instance_ids)
   # The drawing must exercise every case the builder distinguishes.
   values = np.concatenate(
-    [
-      np.unique(np.array(Image.open(io.BytesIO(d))))
-      for n, d in files.items()
-      if n.endswith("instanceIds.png")
-    ]
+    [np.unique(np.array(Image.open(folders / n))) for n in names if n.endswith("instanceIds.png")]
   )
   assert np.any((values < 1000) & np.isin(values, list(THING)))  # crowd groups
   assert np.any(np.isin(values // 1000, [29, 30]) & (values >= 1000))  # caravans/trailers
