@@ -105,7 +105,7 @@ def draw_frame(rng: np.random.Generator, height: int, width: int) -> tuple[np.nd
   """The image, labelIds and instanceIds of one frame (layout in the module docstring).
 
   Args:
-    rng: Source of every random number; the number drawn does not depend on the size.
+    rng: Source of every random number; how many it draws does not depend on the size.
     height: Image height, at least GRID_HEIGHT.
     width: Image width, at least GRID_WIDTH.
 
@@ -143,7 +143,11 @@ def draw_frame(rng: np.random.Generator, height: int, width: int) -> tuple[np.nd
       value = label * 1000 + next_k[label]
     label_ids[rows(y0, y1), cols(x0, x1)] = label
     instance_ids[rows(y0, y1), cols(x0, x1)] = value
-  noise_bits = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+  # As many numbers at every size (so the next frame's layout does not depend on the size): one
+  # byte per cell and channel, which seed the generator of the pixel noise.
+  cell_bits = rng.integers(0, 256, (GRID_HEIGHT, GRID_WIDTH, 3), dtype=np.uint8)
+  noise_rng = np.random.default_rng(cell_bits.ravel())
+  noise_bits = noise_rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
   return _texture(label_ids, instance_ids, noise_bits), label_ids, instance_ids
 
 
