@@ -20,9 +20,12 @@ that already holds cityscapes_instances is read as it is). The pipeline then dec
 release's PNGs and resizes them to `--image_size`, as it does for the real dataset.
 
 Cores: the rates are divided by the CPU cores this process may run on
-(`os.sched_getaffinity`), so `taskset` sets them. TensorFlow sizes its thread pools (inter-op,
-which runs tf.data's parallel map, and intra-op) from the same affinity mask; the script also
-sets both to that count before TensorFlow starts, so that AUTOTUNE never plans for more cores.
+(`os.sched_getaffinity`), so `taskset` sets them. Images per CPU-second divides by the CPU time
+the process used in the timed part (all its threads): on cores that other work shares, it is
+closer to what one core does alone than images/s per core. TensorFlow sizes its thread pools
+(inter-op, which runs tf.data's parallel map, and intra-op) from the same affinity mask; the
+script also sets both to that count before TensorFlow starts, so that AUTOTUNE never plans for
+more cores.
 The load average of the machine is printed before and after: other work on the cores makes the
 rates lower bounds.
 """
@@ -58,12 +61,19 @@ def size_thread_pools(cores: int) -> str:
   return f"TensorFlow's inter-op and intra-op thread pools: {cores} threads each"
 
 
-def _images_per_second(batches, num_batches, warmup, batch_size):
-  for _ in itertools.islice(batches, warmup):
-    pass
-  start = time.perf_counter()
-  count = sum(1 for _ in itertools.islice(batches, num_batches))
-  return count * batch_size / (time.perf_counter() - start)
+def _timed(count_images) -> tuple[int, float, float]:
+  """(images counted, wall seconds, CPU seconds of this process, all threads) of one call."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  images = count_images()
+  return images, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _report(what: str, images: int, wall: float, cpu: float, cores: int, detail: str) -> None:
+  rate, per_cpu_second = images / wall, images / max(cpu, 1e-9)
+  print(
+    f"{what}: {rate:.1f} images/s, {rate / cores:.1f} per core, {per_cpu_second:.1f} images per "
+    f"CPU-second ({cpu:.1f} s of CPU in {wall:.1f} s), over {detail}"
+  )
 
 
 def write_cityscapes_release(num_frames: int, size: tuple[int, int], manual_dir: str) -> float:
@@ -132,22 +142,19 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     train = input_pipeline.create_train_iterator(config, builder=builder)
-    rate = _images_per_second(train, args.batches, args.warmup, args.batch_size)
-    print(
-      f"train iterator: {rate:.1f} images/s, {rate / cores:.1f} per core, over {args.batches} "
-      f"batches"
-    )
+    for _ in itertools.islice(train, args.warmup):
+      pass
+    batches = itertools.islice(train, args.batches)
+    measured = _timed(lambda: args.batch_size * sum(1 for _ in batches))
+    _report("train iterator", *measured, cores, f"{args.batches} batches")
 
     eval_data = input_pipeline.create_eval_dataset(config, builder=builder)
-    start = time.perf_counter()
-    count = sum(
-      int(batch["example_mask"].sum()) for _ in range(args.eval_passes) for batch in eval_data
+    measured = _timed(
+      lambda: sum(
+        int(batch["example_mask"].sum()) for _ in range(args.eval_passes) for batch in eval_data
+      )
     )
-    rate = count / (time.perf_counter() - start)
-    print(
-      f"eval pass: {rate:.1f} images/s, {rate / cores:.1f} per core, over {count} images "
-      f"({args.eval_passes} pass(es))"
-    )
+    _report("eval pass", *measured, cores, f"{measured[0]} images ({args.eval_passes} pass(es))")
   print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

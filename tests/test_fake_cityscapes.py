@@ -171,7 +171,8 @@ def test_bench_input_times_a_release(tmp_path, capsys):
   out = capsys.readouterr().out
   cores = len(os.sched_getaffinity(0))
   assert f"{cores} usable CPU cores" in out
-  assert re.search(r"train iterator: [\d.]+ images/s, [\d.]+ per core, over 2 batches", out)
-  assert re.search(r"eval pass: [\d.]+ images/s, [\d.]+ per core, over 2 images \(2 pass", out)
+  rates = r"[\d.]+ images/s, [\d.]+ per core, [\d.]+ images per CPU-second \(.+\), over "
+  assert re.search(r"train iterator: " + rates + "2 batches", out)
+  assert re.search(r"eval pass: " + rates + r"2 images \(2 pass", out)
   assert len(list((tmp_path / "release" / "leftImg8bit" / "train").rglob("*.png"))) == 2
   assert (tmp_path / "data" / "cityscapes_instances").is_dir()
