@@ -15,14 +15,15 @@ a tree, road with a sidewalk, a parking area and a small static region (the last
 training), then 3-6 rectangles of random labels, later ones occluding earlier ones. About one in
 five thing rectangles is a crowd group (instanceId = labelId, e.g. "cargroup"), the others are
 objects (labelId * 1000 + k); caravans and trailers appear as objects that are not evaluated.
-Every random number is drawn in cell units, so a seed gives the same layout at every size.
+The frame generator draws as many numbers at every size (the pixel noise comes from a generator
+seeded per frame), so a seed gives the same layout at every size.
 
 The image is textured: natural colours per label (a paint per object), a brightness gradient
 from sky to road, windows on the facades, and pixel noise. At 1024x2048 its PNG is 2.2 MB, the
-size of a Cityscapes image (the official image zip holds about 2.2 MB per image), so decoding
-costs what it costs on the real release. The frames are not photographs: a model learns nothing
-of the real dataset from them. Our choice: the drawing is ours; only the file layout, the
-encodings and the id conventions follow the release.
+size of a Cityscapes image (the official image zip holds about 2.2 MB per image), so the
+decoder inflates as many bytes as on the real release. The frames are not photographs: a model
+learns nothing of the real dataset from them. Our choice: the drawing is ours; only the file
+layout, the encodings and the id conventions follow the release.
 """
 
 import dataclasses
