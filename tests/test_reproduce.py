@@ -4,6 +4,7 @@ from hand-written metrics files (some runs missing)."""
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from segrpn_jax import errors
+from segrpn_jax.ops import scale
 from segrpn_jax.paper import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,19 +52,31 @@ PAPER_TABLE_2 = [
 ]
 
 
-def _write(root, name, metrics, step=800, config_steps=None):
+def _write(root, name, metrics, step=800, config_steps=None, max_proposals=None):
   os.makedirs(root / name, exist_ok=True)
   if config_steps is not None:  # a started run: its config.json decides the final step
-    (root / name / "config.json").write_text(json.dumps({"train": {"num_steps": config_steps}}))
+    config = {"train": {"num_steps": config_steps}}
+    if max_proposals is not None:  # and the P of its AR@<P> keys
+      config["eval"] = {"max_proposals": max_proposals}
+    (root / name / "config.json").write_text(json.dumps(config))
   (root / name / f"metrics_{step}.json").write_text(json.dumps(metrics))
 
 
 def _cells(markdown):
-  """The markdown table as {header: cell} per row."""
-  lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+  """The text's first markdown table as {header: cell} per row."""
+  lines = markdown.splitlines()
+  lines = lines[next(i for i, line in enumerate(lines) if line.startswith("| ")) :]
+  lines = list(itertools.takewhile(lambda line: line.startswith("|"), lines))
+  lines = [line for line in lines if line.startswith("| ")]
   split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]
   header = split(lines[0])
   return [dict(zip(header, split(line), strict=True)) for line in lines[1:]]
+
+
+def _levels(markdown):
+  """The per-level markdown as {section heading: _cells of its table}."""
+  sections = markdown.split("\n## ")[1:]
+  return {section.split("\n", 1)[0]: _cells(section) for section in sections}
 
 
 def _reproduce(*args, check=True):
@@ -100,19 +114,45 @@ def test_every_paper_value_on_an_empty_root(tmp_path, table, typed, paper_header
   assert "sits beside our AR50@1000" in markdown
   assert ("appears twice" in markdown) == (table == 2)
   assert (tmp_path / "runs" / f"table{table}_changes.png").exists()
+  # The per-level file: the same rows, every cell missing.
+  levels = _levels((tmp_path / "runs" / f"table{table}_levels.md").read_text())
+  assert [heading.split(":")[0] for heading in levels] == ["AR50@1000", "AR@1000", "AP50"]
+  for section in levels.values():
+    assert [r["Row"] for r in section] == [values[0] for values in typed]
+    assert all(r["n"] == "0/1" and r["L2"] == r["L6"] == "missing" for r in section)
 
 
 BASELINE = {"mIoU": 0.6012, "mAP50": 0.5, "AR@1000": 0.7, "inference/none/mAP50": 0.45,
             "inference/none/AR@1000": 0.75, "inference/none/AR50@1000": 0.9,
-            "mIoU*/semantic": 0.9}  # fmt: skip
+            "mIoU*/semantic": 0.9,
+            # Per level: AR50 and AP50 under the row's fusion (the unprefixed AR50 L2 is not
+            # read: the fusion's key wins), AR unprefixed only (the training's own fusion falls
+            # back to it); no L6 but AP50's, which seed 1 lacks.
+            "inference/none/AR50@1000/L2": 0.8, "inference/none/AR50@1000/L3": 0.9,
+            "inference/none/AR50@1000/L4": 0.92, "inference/none/AR50@1000/L5": 0.96,
+            "AR50@1000/L2": 0.1,
+            "AR@1000/L2": 0.4, "AR@1000/L3": 0.5, "AR@1000/L4": 0.55, "AR@1000/L5": 0.6,
+            "inference/none/AP50/L2": 0.7, "inference/none/AP50/L3": 0.8,
+            "inference/none/AP50/L4": 0.85, "inference/none/AP50/L5": 0.9,
+            "inference/none/AP50/L6": 0.5}  # fmt: skip
+BASELINE_SEED1 = {
+  **{k: v for k, v in BASELINE.items() if k != "inference/none/AP50/L6"},
+  "mIoU": 0.6212, "inference/none/mAP50": 0.47, "inference/none/AR50@1000/L2": 0.84,
+  "AR@1000/L3": 0.53, "inference/none/AP50/L5": 0.95,
+}  # fmt: skip
 SEGRPN_ROI = {"mIoU": 0.61, "mIoU*": 0.93456, "inference/roi/mAP50": 0.52,
               "inference/roi/AR@1000": 0.8, "inference/roi/AR50@1000": 0.95,
-              "inference/none/mAP50": 0.51, "inference/none/AR@1000": float("nan")}  # fmt: skip
+              "inference/none/mAP50": 0.51, "inference/none/AR@1000": float("nan"),
+              # Per level: the unprefixed AR L2 is the roi row's (the training's fusion), not
+              # the none row's.
+              "inference/roi/AR50@1000/L2": 0.85, "inference/roi/AR50@1000/L3": 0.95,
+              "inference/none/AR50@1000/L2": 0.75, "AR@1000/L2": 0.45,
+              "inference/roi/AP50/L2": 0.66, "inference/none/AP50/L2": 0.65}  # fmt: skip
 
 
 def test_table_one_over_seeds_with_a_missing_run(tmp_path):
   _write(tmp_path, "baseline", BASELINE)
-  _write(tmp_path, "baseline-seed1", {**BASELINE, "mIoU": 0.6212, "inference/none/mAP50": 0.47})
+  _write(tmp_path, "baseline-seed1", BASELINE_SEED1)
   _write(tmp_path, "segrpn-roi", SEGRPN_ROI, step=5, config_steps=5)
   # segrpn-rpn: an unfinished run (an intermediate evaluation only) is missing, never filled in.
   _write(tmp_path, "segrpn-rpn", {**SEGRPN_ROI, "inference/rpn/mAP50": 0.9}, step=400)
@@ -155,6 +195,49 @@ def test_table_one_over_seeds_with_a_missing_run(tmp_path):
   picture = Image.open(tmp_path / "table1_changes.png")
   assert picture.format == "PNG" and picture.width > picture.height > 100
 
+  # Per FPN level, cell by cell: L2..L6 of each row, one decimal.
+  levels = _levels((tmp_path / "table1_levels.md").read_text())
+  headings = [h.split(":")[0] for h in levels]
+  assert headings == ["AR50@1000", "AR@1000", "AP50"]
+  cells = {
+    h.split(":")[0]: [[r[k] for k in ("Run", "Fusion", "n", "L2", "L3", "L4", "L5", "L6")]
+                      for r in section]
+    for h, section in levels.items()
+  }  # fmt: skip
+  missing = [["segrpn-rpn", "rpn", "0/2", *["missing"] * 5],
+             ["segrpn-rpn", "none", "0/2", *["missing"] * 5]]  # fmt: skip
+  # Baseline, seeds 0 and 1: AR50 L2 80 and 84 (sample std 4 / sqrt(2) = 2.83), AR L3 50 and 53
+  # (3 / sqrt(2) = 2.12), AP50 L5 90 and 95 (3.54); AP50 L6 only in seed 0: '-'.
+  assert cells["AR50@1000"] == [
+    ["baseline", "none", "2", "82.0 ± 2.8", "90.0 ± 0.0", "92.0 ± 0.0", "96.0 ± 0.0", "-"],
+    ["segrpn-roi", "roi", "1/2", "85.0", "95.0", "-", "-", "-"],
+    ["segrpn-roi", "none", "1/2", "75.0", "-", "-", "-", "-"],
+    *missing,
+  ]
+  assert cells["AR@1000"] == [
+    ["baseline", "none", "2", "40.0 ± 0.0", "51.5 ± 2.1", "55.0 ± 0.0", "60.0 ± 0.0", "-"],
+    ["segrpn-roi", "roi", "1/2", "45.0", "-", "-", "-", "-"],
+    ["segrpn-roi", "none", "1/2", "-", "-", "-", "-", "-"],
+    *missing,
+  ]
+  assert cells["AP50"] == [
+    ["baseline", "none", "2", "70.0 ± 0.0", "80.0 ± 0.0", "85.0 ± 0.0", "92.5 ± 3.5", "-"],
+    ["segrpn-roi", "roi", "1/2", "66.0", "-", "-", "-", "-"],
+    ["segrpn-roi", "none", "1/2", "65.0", "-", "-", "-", "-"],
+    *missing,
+  ]
+  assert [r["Row"] for r in levels[next(iter(levels))]] == [r["Row"] for r in rows]
+  # Its CSV keeps every seed's value.
+  lines = list(csv.DictReader(io.StringIO((tmp_path / "table1_levels.csv").read_text())))
+  assert [(r["run"], r["inference_fusion"], r["seed"], r["max_proposals"]) for r in lines] == [
+    ("baseline", "none", "0", "1000"), ("baseline", "none", "1", "1000"),
+    ("segrpn-roi", "roi", "0", "1000"), ("segrpn-roi", "none", "0", "1000"),
+    ("segrpn-rpn", "rpn", "", "missing"), ("segrpn-rpn", "none", "", "missing"),
+  ]  # fmt: skip
+  assert [float(r["AR50/L2"]) for r in lines[:4]] == pytest.approx([80.0, 84.0, 85.0, 75.0])
+  assert float(lines[0]["AP50/L6"]) == pytest.approx(50.0) and lines[1]["AP50/L6"] == "-"
+  assert lines[3]["AR/L2"] == "-" and lines[4]["AP50/L3"] == "missing"
+
 
 def test_table_two_rows_and_fallback_to_the_top_level_keys(tmp_path):
   # An old-style metrics file without per-fusion keys: only the training's own fusion row can
@@ -171,6 +254,15 @@ def test_table_two_rows_and_fallback_to_the_top_level_keys(tmp_path):
   )
   assert rows[3]["mean"]["mAP"] is None and rows[3]["mean"]["mIoU"] == pytest.approx(50.0)
   assert rows[2]["delta"]["mAP"] is None  # the baseline has not finished
+  # Per level: the AR keys spell the run's config.eval.max_proposals (300 here).
+  _write(tmp_path, "case2-rpn", {"AR50@300/L3": 0.7, "AR50@1000/L3": 0.2, "AP50/L3": 0.6},
+         config_steps=800, max_proposals=300)  # fmt: skip
+  own, without = tables.collect(2, str(tmp_path), synthetic=True, names=["case2-rpn"])
+  assert own["proposals"] == {0: 300} and own["level_mean"]["AR50", 3] == pytest.approx(70.0)
+  assert own["level_mean"]["AP50", 3] == pytest.approx(60.0) and own["level_mean"]["AR", 3] is None
+  assert without["level_mean"]["AR50", 3] is None  # no fallback for a w/o row
+  assert "## AR50@300: " in tables.to_levels_markdown([own, without], 2)
+  assert tuple(range(scale.MIN_LEVEL, scale.MAX_LEVEL + 1)) == tables.LEVELS  # P2..P6
   # The paper's Table II: baseline + case 1 (roi, rpn, roi+rpn) + cases 2 and 3 (roi, rpn).
   assert len(tables.trainings(2)) == 8 and len(tables.TABLES[2]) == 17
   with pytest.raises(errors.UserError, match="--rows=case9-roi: not a training of Table 2"):
@@ -266,4 +358,7 @@ def test_collect_mode_of_the_command(tmp_path):
   # mAP 45 and 55: sample std 5 * sqrt(2).
   assert len(rows) == 1 and rows[0]["n"] == "2" and rows[0]["mAP"] == "50.00 ± 7.07"
   assert rows[0]["mIoU"] == "60.12 ± 0.00" and rows[0]["paper mIoU"] == "67.34"
-  assert (tmp_path / "table1.md").read_text() == printed
+  # Printed: the table, then the per-level tables, each as written.
+  levels = (tmp_path / "table1_levels.md").read_text()
+  assert (tmp_path / "table1.md").read_text() + "\n" + levels == printed
+  assert _levels(levels)["AR50@1000: recall of the proposals at IoU 0.5"][0]["L2"] == "80.0 ± 0.0"

@@ -12,8 +12,10 @@ one after the other, all seed-0 runs first; a progress bar counts the trainings.
 checkpoints, so rerunning the same command continues the sweep. The "w/o ... during inference"
 rows are read from the same runs. Then ROOT/table<N>.md (ours as mean ± sample std over the
 seeds, every paper value beside it, the changes against the baseline), ROOT/table<N>.csv (every
-seed's values) and ROOT/table<N>_changes.png (the changes, ours with error bars, the paper's as
-markers) are written, and the table is printed.
+seed's values), ROOT/table<N>_changes.png (the changes, ours with error bars, the paper's as
+markers) and the same rows per FPN level, ROOT/table<N>_levels.md (AR50@1000, AR@1000 and AP50
+of levels 2..6 as mean ± sample std) and ROOT/table<N>_levels.csv (every seed's values), are
+written, and both markdown tables are printed.
 
 Run from the repository root (the commands name the configs relative to it) or anywhere with an
 installed package (absolute paths).
@@ -65,7 +67,8 @@ def main(argv: list[str]) -> int:
     return 0
   if not FLAGS.collect:
     tables.run_trainings(table, root, synthetic, names, seeds, tokens, overrides=overrides)
-  print(tables.write_table(table, root, synthetic, names, seeds, tokens), end="")
+  markdown = tables.write_table(table, root, synthetic, names, seeds, tokens, with_levels=True)
+  print(markdown, end="")
   return 0
 
 

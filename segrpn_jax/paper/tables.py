@@ -12,8 +12,10 @@ Every paper cell of both tables is typed here from the paper (Cityscapes val, pe
 ours. Ours are the mean ± sample standard deviation over the finished seeds. The paper's
 "Prop. AR at 1000" does not say over which IoUs it averages; it sits beside our AR50@1000 (see
 `AR_NOTE`), with COCO's AR@1000 (IoU 0.50:0.95) shown too. Each row also shows its change against
-the Baseline row, ours and the paper's, and `plot_changes` draws those changes.
-`segrpn_jax.paper.reproduce` is the command line around these functions.
+the Baseline row, ours and the paper's, and `plot_changes` draws those changes. The same rows
+per FPN level (AR50, AR and AP50 of levels 2..6, ours only: the paper has no per-level values)
+go to a second table, `to_levels_markdown`. `segrpn_jax.paper.reproduce` is the command line
+around these functions.
 """
 
 import csv
@@ -43,6 +45,13 @@ DELTAS = ("mAP", "AR50", "AR")  # our columns with a change vs the baseline
 PAPER_DELTAS = ("mAP", "AR")  # the paper's columns with a change vs its baseline
 # The paper's AR column sits beside this one of ours (AR_NOTE says why).
 PAPER_AR_BESIDE = "AR50"
+# The per-level table: FPN levels P2..P6 (segrpn_jax.ops.scale.MIN_LEVEL..MAX_LEVEL, not imported:
+# it would import jax) and its metrics, name -> the metrics key before '/L<level>' ({p}: the
+# run's config.eval.max_proposals).
+LEVELS = (2, 3, 4, 5, 6)
+LEVEL_METRICS = {"AR50": "AR50@{p}", "AR": "AR@{p}", "AP50": "AP50"}
+_LEVEL_KEYS = tuple((name, level) for name in LEVEL_METRICS for level in LEVELS)
+DEFAULT_MAX_PROPOSALS = 1000  # config.eval.max_proposals of every paper config
 
 NOT_REPORTED = "-"  # a finished run without this metric (mIoU*: the baseline has no binary map)
 MISSING = "missing"  # no seed of the training has finished (no final metrics file)
@@ -278,15 +287,18 @@ def check_overrides(overrides: tuple[str, ...]) -> None:
       )
 
 
-def num_steps(
-  training: Training, root: str, synthetic: bool = False, seed: int = 0, tokens=()
-) -> int:
-  """The step a finished run ends at: from its workdir's config.json once training has started
-  (so that command-line overrides count), else from the config file with the same tokens."""
+def _config_value(training: Training, root: str, synthetic, seed: int, tokens, key: str):
+  """One value of a run's config, `key` dotted (e.g. 'train.num_steps'): from its workdir's
+  config.json once training has started (so that command-line overrides count) when it holds the
+  key, else from the config file with the same tokens."""
   config_json = os.path.join(training.workdir(root, seed), "config.json")
   if os.path.exists(config_json):
     with open(config_json) as f:
-      return int(json.load(f)["train"]["num_steps"])
+      saved = json.load(f)
+    for part in key.split("."):
+      saved = saved.get(part) if isinstance(saved, dict) else None
+    if saved is not None:
+      return saved
   module = importlib.import_module(f"segrpn_jax.configs.{training.config_file.removesuffix('.py')}")
   arg = training.config_arg(synthetic, tokens).partition(":")[2] or None
   try:
@@ -296,7 +308,23 @@ def num_steps(
       f"{e} (the config of training {training.name}, {training.config_arg(synthetic, tokens)}); "
       "check --tokens."
     ) from e
-  return int(config.train.num_steps)
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def num_steps(
+  training: Training, root: str, synthetic: bool = False, seed: int = 0, tokens=()
+) -> int:
+  """The step a finished run ends at: its config's train.num_steps (`_config_value`)."""
+  return int(_config_value(training, root, synthetic, seed, tokens, "train.num_steps"))
+
+
+def max_proposals(
+  training: Training, root: str, synthetic: bool = False, seed: int = 0, tokens=()
+) -> int:
+  """The proposals per image its AR keys count (AR50@<P>): its config's eval.max_proposals."""
+  return int(_config_value(training, root, synthetic, seed, tokens, "eval.max_proposals"))
 
 
 def final_metrics_path(
@@ -400,15 +428,47 @@ def row_values(row: Row, metrics: dict, training: Training) -> dict:
   Returns:
     column -> percent (float, may be nan) or None where the run does not report the metric.
   """
-  values = {}
-  for column in COLUMNS:
-    key = _KEYS[column]
-    keys = [key]
-    if column in DETECTION:
-      keys = [f"inference/{row.fusion}/{key}"] + ([key] if row.fusion == training.fusion else [])
-    found = next((metrics[k] for k in keys if k in metrics), None)
-    values[column] = None if found is None else 100.0 * float(found)
-  return values
+  return {
+    c: _percent(metrics, _fusion_keys(row, training, _KEYS[c]) if c in DETECTION else [_KEYS[c]])
+    for c in COLUMNS
+  }
+
+
+def level_values(row: Row, metrics: dict, training: Training, proposals: int) -> dict:
+  """Our per-level percentages of one row from one run's final metrics, read as `row_values`
+  reads the detection columns (the row's fusion, else the unprefixed key for the training's own
+  fusion).
+
+  Args:
+    row: the row.
+    metrics: the run's final metrics (fractions in [0, 1]).
+    training: the row's training.
+    proposals: the run's config.eval.max_proposals (the P of AR50@<P>/L<l>).
+
+  Returns:
+    (LEVEL_METRICS name, level) -> percent (float, may be nan) or None where the run has no
+    key (a level without ground truth in the split).
+  """
+  return {
+    (name, level): _percent(
+      metrics, _fusion_keys(row, training, f"{key.format(p=proposals)}/L{level}")
+    )
+    for name, key in LEVEL_METRICS.items()
+    for level in LEVELS
+  }
+
+
+def _fusion_keys(row: Row, training: Training, key: str) -> list[str]:
+  """The keys a row reads a detection metric from, in order: its inference fusion's, then for
+  the row of the training's own fusion the unprefixed key (the numbers of the run's inference
+  fusion)."""
+  return [f"inference/{row.fusion}/{key}"] + ([key] if row.fusion == training.fusion else [])
+
+
+def _percent(metrics: dict, keys: list[str]):
+  """100 x the first of `keys` in the metrics, None when none is."""
+  found = next((metrics[k] for k in keys if k in metrics), None)
+  return None if found is None else 100.0 * float(found)
 
 
 def _finished_seeds(training: Training, root: str, synthetic, seeds: int, tokens) -> dict:
@@ -460,11 +520,18 @@ def collect(
     asked for), mean / std (column -> percent), delta (column -> our mean minus the baseline
     row's mean, DELTAS), delta_se (its standard error, sqrt(s_row^2 / n_row + s_base^2 /
     n_base): nan with one seed on either side), paper (paper column -> percent or None for
-    "NA") and paper_delta (PAPER_DELTAS -> the paper's row minus its baseline).
+    "NA") and paper_delta (PAPER_DELTAS -> the paper's row minus its baseline). Per level:
+    level_seeds (seed -> (LEVEL_METRICS name, level) -> percent or None, `level_values`),
+    level_mean / level_std ((name, level) -> percent) and proposals (seed -> its
+    config.eval.max_proposals, the P of its AR keys).
   """
   kept = {t.name: t for t in trainings(table, names)}
   needed = {**kept, BASELINE: TRAININGS[BASELINE]}  # the changes need the baseline
   runs = {name: _finished_seeds(t, root, synthetic, seeds, tokens) for name, t in needed.items()}
+  proposals = {
+    name: {seed: max_proposals(TRAININGS[name], root, synthetic, seed, tokens) for seed in seeds_}
+    for name, seeds_ in runs.items()
+  }
   out = []
   for row in TABLES[table]:  # the Baseline row first
     if row.training not in needed:
@@ -474,11 +541,19 @@ def collect(
       for seed, metrics in runs[row.training].items()
     }
     stats = {c: _stats([v[c] for v in per_seed.values()]) for c in COLUMNS}
+    level_seeds = {
+      seed: level_values(row, metrics, TRAININGS[row.training], proposals[row.training][seed])
+      for seed, metrics in runs[row.training].items()
+    }
+    level_stats = {k: _stats([v[k] for v in level_seeds.values()]) for k in _LEVEL_KEYS}
     out.append({
       "label": row.label, "training": row.training, "fusion": row.fusion,
       "status": "ok" if per_seed else MISSING, "seeds": per_seed, "n": len(per_seed),
       "wanted": seeds, "mean": {c: s[0] for c, s in stats.items()},
       "std": {c: s[1] for c, s in stats.items()}, "paper": dict(row.paper),
+      "level_seeds": level_seeds, "level_mean": {k: s[0] for k, s in level_stats.items()},
+      "level_std": {k: s[1] for k, s in level_stats.items()},
+      "proposals": dict(proposals[row.training]),
     })  # fmt: skip
   base = out[0]
   for r in out:
@@ -492,22 +567,25 @@ def collect(
   return [r for r in out if r["training"] in kept]
 
 
-def _number(value, signed: bool = False) -> str:
+def _number(value, signed: bool = False, digits: int = 2) -> str:
   if value is None:
     return NOT_REPORTED
   if math.isnan(value):
     return "nan"
-  return f"{value:+.2f}" if signed else f"{value:.2f}"
+  return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _ours(row: dict, column: str) -> str:
+def _mean_std(row: dict, mean, std, digits: int = 2) -> str:
   """Our cell: mean ± sample std (several seeds) or the one seed's value."""
   if row["status"] != "ok":
     return MISSING
-  mean, std = row["mean"][column], row["std"][column]
   if mean is None or math.isnan(std):
-    return _number(mean)
-  return f"{mean:.2f} ± {std:.2f}"
+    return _number(mean, digits=digits)
+  return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _ours(row: dict, column: str) -> str:
+  return _mean_std(row, row["mean"][column], row["std"][column])
 
 
 def _delta(row: dict, column: str) -> str:
@@ -582,6 +660,58 @@ def to_markdown(rows: list[dict], table: int) -> str:
   return "\n".join(lines) + "\n"
 
 
+_LEVEL_TITLES = {
+  "AR50": "recall of the proposals at IoU 0.5",
+  "AR": "recall of the proposals averaged over IoU 0.50:0.05:0.95",
+  "AP50": "box AP at IoU 0.5, 8 classes",
+}
+
+
+def to_levels_markdown(rows: list[dict], table: int) -> str:
+  """The table's rows per FPN level: for AR50@P, AR@P and AP50 (P = config.eval.max_proposals,
+  1000 in every paper config) one markdown table each, a line per row of the table, per level
+  L2..L6 ours as mean ± sample std over the n finished seeds, in percent with one decimal.
+
+  Args:
+    rows: `collect`'s output.
+    table: 1 or 2 (for the title).
+
+  Returns:
+    Markdown text with a title, the three tables and a footnote.
+  """
+  found = sorted({p for row in rows for p in row["proposals"].values()})
+  found = found or [DEFAULT_MAX_PROPOSALS]
+  p = "/".join(map(str, found))
+  header = ["Row", "Run", "Fusion", "n", *(f"L{level}" for level in LEVELS)]
+  lines = [f"# Table {_ROMAN[table]} per FPN level"]
+  for name, key in LEVEL_METRICS.items():
+    lines += [
+      "",
+      f"## {key.format(p=p)}: {_LEVEL_TITLES[name]}",
+      "",
+      "| " + " | ".join(header) + " |",
+      "|" + "---|" * len(header),
+    ]
+    for row in rows:
+      cells = [row["label"], row["training"], row["fusion"], _n(row)]
+      for level in LEVELS:
+        mean, std = row["level_mean"][name, level], row["level_std"][name, level]
+        cells.append(_mean_std(row, mean, std, digits=1))
+      lines.append("| " + " | ".join(cells) + " |")
+  lines += [
+    "",
+    "Percentages on the validation split, ours only: the paper reports no per-level values. "
+    "Ours: mean ± sample standard deviation over the n finished seeds (one value when n = 1; "
+    "n = k/N: k of the N seeds asked for have finished), under the row's inference fusion "
+    "(Fusion), from the metrics keys `inference/<fusion>/AR50@<P>/L<l>` etc. (P = the run's "
+    "config.eval.max_proposals). Level l: the ground truth whose box side falls in level l's "
+    "range of the run's scale case (case1's for the scale case `none`), as COCO area ranges. "
+    f"{MISSING}: no seed of the run has finished; {NOT_REPORTED}: a finished seed has no key for "
+    "the level (no ground truth of its sizes in the split).",
+  ]
+  return "\n".join(lines) + "\n"
+
+
 def to_csv(rows: list[dict], table: int) -> str:
   """The table as CSV, one line per row and seed (a missing row: one line, seed empty): each
   seed's values, then the paper's cells of the row."""
@@ -601,6 +731,28 @@ def to_csv(rows: list[dict], table: int) -> str:
         [row["label"], row["training"], row["fusion"], seed, "ok"]
         + [NOT_REPORTED if values[c] is None else repr(values[c]) for c in COLUMNS]
         + papers
+      )
+  return buffer.getvalue()
+
+
+def to_levels_csv(rows: list[dict]) -> str:
+  """The per-level values as CSV, one line per row and seed (a missing row: one line, seed
+  empty): the seed's config.eval.max_proposals, then per LEVEL_METRICS name and level its
+  percent, column '<name>/L<level>'."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  level_columns = [f"{name}/L{level}" for name, level in _LEVEL_KEYS]
+  writer.writerow(
+    ["row", "run", "inference_fusion", "seed", "status", "max_proposals", *level_columns]
+  )
+  for row in rows:
+    if row["status"] != "ok":
+      writer.writerow([row["label"], row["training"], row["fusion"], "", MISSING, MISSING]
+                      + [MISSING] * len(level_columns))  # fmt: skip
+    for seed, values in row["level_seeds"].items():
+      writer.writerow(
+        [row["label"], row["training"], row["fusion"], seed, "ok", row["proposals"][seed]]
+        + [NOT_REPORTED if values[k] is None else repr(values[k]) for k in _LEVEL_KEYS]
       )
   return buffer.getvalue()
 
@@ -648,9 +800,11 @@ def write_table(
   names: list[str] | None = None,
   seeds: int = 1,
   tokens: tuple[str, ...] = (),
+  with_levels: bool = False,
 ) -> str:
-  """Collects a table and writes root/table<N>.md, root/table<N>.csv and the change plot
-  root/table<N>_changes.png.
+  """Collects a table and writes root/table<N>.md, root/table<N>.csv, the change plot
+  root/table<N>_changes.png, and the same rows per FPN level: root/table<N>_levels.md
+  (`to_levels_markdown`) and root/table<N>_levels.csv (every seed's values, `to_levels_csv`).
 
   Args:
     table: 1 or 2.
@@ -659,16 +813,23 @@ def write_table(
     names: training names (--rows); None = all.
     seeds: the seeds asked for.
     tokens: the runs' further config tokens.
+    with_levels: also return the per-level markdown (what `reproduce` prints).
 
   Returns:
-    The markdown text.
+    The text of table<N>.md; with_levels: followed by an empty line and the text of
+    table<N>_levels.md.
   """
   rows = collect(table, root, synthetic, names, seeds, tokens)
   markdown = to_markdown(rows, table)
+  levels = to_levels_markdown(rows, table)
   os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, f"table{table}.md"), "w") as f:
-    f.write(markdown)
-  with open(os.path.join(root, f"table{table}.csv"), "w") as f:
-    f.write(to_csv(rows, table))
+  for suffix, text in [
+    (".md", markdown),
+    (".csv", to_csv(rows, table)),
+    ("_levels.md", levels),
+    ("_levels.csv", to_levels_csv(rows)),
+  ]:
+    with open(os.path.join(root, f"table{table}{suffix}"), "w") as f:
+      f.write(text)
   plot_changes(rows, table, os.path.join(root, f"table{table}_changes.png"))
-  return markdown
+  return markdown + "\n" + levels if with_levels else markdown
