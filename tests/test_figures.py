@@ -7,8 +7,6 @@ written directly (initial weights saved as step 1, hand-written scalars), so the
 are one initialisation and the three jitted functions the figures call.
 """
 
-import functools
-
 import jax
 import matplotlib
 import numpy as np
@@ -23,7 +21,6 @@ from tests.test_analysis import _check_filtering, _decode, _recount
 from tests.train_config import tiny_train_config
 
 IMAGE = 1  # the evaluation image every figure draws
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _without_rpn_mask(tree):
@@ -67,8 +64,9 @@ def runs(tmp_path_factory):
   variant = tiny_train_config(data_dir)
   variant.model.rpn_mask = False
   variant.model.fusion.train = variant.model.fusion.inference = "none"
-  init = jax.jit(functools.partial(state_lib.init_state, config), compiler_options=FAST)
-  state = init(jax.random.PRNGKey(0))  # a raw key, as training creates the state
+  # As training creates the state (a raw key; the variables' initialisation jitted on its own):
+  # that program is the tiny config's training runs' one, compiled once per test run.
+  state = state_lib.init_state(config, jax.random.PRNGKey(0))
   reduced = state.replace(
     params=_without_rpn_mask(state.params), opt_state=_without_rpn_mask(state.opt_state)
   )

@@ -27,7 +27,9 @@ H, W = 128, 256
 FUSIONS = ("none", "rpn", "roi", "roi+rpn")
 LEVEL_SHAPES = [(32, 64), (16, 32), (8, 16), (4, 8), (2, 4)]  # P2..P6 of 128x256
 NUM_ANCHORS = 3 * sum(h * w for h, w in LEVEL_SHAPES)
-OVERFIT_STEPS = 20  # the loss is below a third of its start by step 4 (our measurement)
+# The loss is below a third of its start by step 4; mean of steps 5-9 / step 0: 3.01 / 14.1 (our
+# measurement, jax 0.10.2), the assertion's margin 1.6x.
+OVERFIT_STEPS = 10
 
 
 def tiny_config():

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -114,13 +115,13 @@ def test_a_signal_asks_to_stop_and_a_second_one_is_left_to_its_default_action():
   )
 
 
-def test_sigterm_saves_the_step_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
-  data_dir = str(tmp_path / "tfds")
+def test_sigterm_saves_the_step_and_the_resumed_run_matches_an_uninterrupted_one(
+  tiny_run, tmp_path
+):
+  data_dir = tiny_run[0]  # the shared run's dataset; its programs are in the compilation cache
   config = tiny_train_config(data_dir)
   config.train.num_steps = 6
   config.train.checkpoint_every_steps = 100  # only the signal's save and the last one
-  straight = str(tmp_path / "straight")
-  train.train_and_evaluate(config, straight)  # also builds the dataset the child reads
 
   workdir = str(tmp_path / "stopped")
   command = [sys.executable, "-m", "segrpn_jax.main", f"--config=tests/train_config.py:{data_dir}",
@@ -128,11 +129,24 @@ def test_sigterm_saves_the_step_and_the_resumed_run_matches_an_uninterrupted_one
              "--config.train.checkpoint_every_steps=100"]  # fmt: skip
   child = subprocess.Popen(command, cwd=ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
   lines = []
-  for line in child.stderr:  # the LoggingWriter's "[2] train/loss=..." line: step 2 is done
-    lines.append(line)
-    if re.search(r"\] \[2\] .*train/loss", line):
-      child.send_signal(signal.SIGTERM)
-      break
+
+  def stop_after_step_2():
+    for line in child.stderr:  # the LoggingWriter's "[2] train/loss=..." line: step 2 is done
+      lines.append(line)
+      if re.search(r"\] \[2\] .*train/loss", line):
+        child.send_signal(signal.SIGTERM)
+        break
+
+  watcher = threading.Thread(target=stop_after_step_2)
+  watcher.start()
+  straight = str(tmp_path / "straight")
+  try:
+    train.train_and_evaluate(config, straight)  # the uninterrupted run, while the child runs
+  except BaseException:
+    child.kill()
+    raise
+  finally:
+    watcher.join(timeout=600)
   _, rest = child.communicate(timeout=600)
   output = "".join(lines) + rest
   assert child.returncode == 143, output[-3000:]
