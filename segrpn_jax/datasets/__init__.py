@@ -6,6 +6,8 @@
 
 Both share one feature spec (`features.make_features`). `python -m
 segrpn_jax.datasets.statistics` measures a split beside Cityscapes (docs/synthetic.md).
+`fake_cityscapes` writes a drawn release in Cityscapes' own file layout, for the builder's tests
+and the input benchmark (`scripts/bench_input.py --cityscapes_release N`).
 """
 
 from segrpn_jax.datasets import cityscapes_instances, synthetic_streets
