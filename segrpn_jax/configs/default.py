@@ -155,7 +155,7 @@ def synthetic(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   m.roi.canonical_size = m.roi.canonical_size // 2
   t = c.train
   t.batch_size = 4
-  t.num_steps = 800  # with compile and evaluation: 18-26 min on 2 CPU cores (README)
+  t.num_steps = 800  # with build, compile and evaluation: 11-20 min on 2 CPU cores, by CPU
   t.base_lr = 0.02
   t.warmup_start_lr = 0.002
   t.warmup_steps = 100
