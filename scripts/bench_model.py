@@ -3,6 +3,7 @@
   python scripts/bench_model.py                           # case1 ResNet-50, 512x1024, batch 1
   python scripts/bench_model.py --model det --size 256x512 --repeats 3
   python scripts/bench_model.py --counts_only
+  python scripts/bench_model.py --quick_start             # configs/case1.py:synthetic, batch 4
 
 Parts, each compiled on its own with inputs of the shapes it sees in the model (random weights,
 random inputs): backbone, FPN, RPN_det (3x3 conv and 1x1 predictors on P2..P6), class-agnostic
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from segrpn_jax import api, benchmark
+from segrpn_jax.configs import case1
 from segrpn_jax.models import rpn as rpn_lib
 from segrpn_jax.models.fpn import LEVELS, ROI_LEVELS
 
@@ -156,6 +158,11 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--counts_only", action="store_true", help="parameter counts only")
+  parser.add_argument(
+    "--quick_start",
+    action="store_true",
+    help="the quick start's config (configs/case1.py:synthetic, its batch and size) instead",
+  )
   args = parser.parse_args()
   size = tuple(int(v) for v in args.size.split("x"))
 
@@ -169,6 +176,10 @@ def main():
   jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="bench_model_cache_"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   config = benchmark.paper_config(args.model, size, args.batch, args.dtype, args.backbone)
+  if args.quick_start:
+    config = case1.get_config("synthetic")
+    args.model, args.backbone, args.batch = "segrpn", config.model.backbone, config.train.batch_size
+    size = tuple(config.data.image_size)
   print(
     f"\n{args.model} {args.backbone} {size[0]}x{size[1]} batch {args.batch} {args.dtype} on "
     f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores); warm medians of {args.repeats}"
