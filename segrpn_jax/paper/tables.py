@@ -621,6 +621,12 @@ def _layout(table: int) -> list[tuple[str, Callable[[dict], str]]]:
   return columns
 
 
+def _markdown_table(header: list[str], body: list[list[str]]) -> list[str]:
+  """The lines of a markdown table: the header, its rule, a line per row of cells."""
+  lines = ["| " + " | ".join(cells) + " |" for cells in [header, *body]]
+  return [lines[0], "|" + "---|" * len(header), *lines[1:]]
+
+
 def to_markdown(rows: list[dict], table: int) -> str:
   """The table as markdown: per row ours (mean ± std over n seeds) with the paper's value
   beside each, then the changes against the baseline, ours and the paper's.
@@ -634,15 +640,10 @@ def to_markdown(rows: list[dict], table: int) -> str:
   """
   layout = _layout(table)
   header = ["Row", "Run", "n", *(h for h, _ in layout)]
-  lines = [
-    f"# Table {_ROMAN[table]}",
-    "",
-    "| " + " | ".join(header) + " |",
-    "|" + "---|" * len(header),
+  body = [
+    [row["label"], row["training"], _n(row), *(cell(row) for _, cell in layout)] for row in rows
   ]
-  for row in rows:
-    cells = [row["label"], row["training"], _n(row), *(cell(row) for _, cell in layout)]
-    lines.append("| " + " | ".join(cells) + " |")
+  lines = [f"# Table {_ROMAN[table]}", "", *_markdown_table(header, body)]
   lines += [
     "",
     "Percentages on the validation split; the paper's are Cityscapes val. Ours: mean ± sample "
@@ -685,19 +686,16 @@ def to_levels_markdown(rows: list[dict], table: int) -> str:
   header = ["Row", "Run", "Fusion", "n", *(f"L{level}" for level in LEVELS)]
   lines = [f"# Table {_ROMAN[table]} per FPN level"]
   for name, key in LEVEL_METRICS.items():
-    lines += [
-      "",
-      f"## {key.format(p=p)}: {_LEVEL_TITLES[name]}",
-      "",
-      "| " + " | ".join(header) + " |",
-      "|" + "---|" * len(header),
+    body = [
+      [row["label"], row["training"], row["fusion"], _n(row)]
+      + [
+        _mean_std(row, row["level_mean"][name, level], row["level_std"][name, level], digits=1)
+        for level in LEVELS
+      ]
+      for row in rows
     ]
-    for row in rows:
-      cells = [row["label"], row["training"], row["fusion"], _n(row)]
-      for level in LEVELS:
-        mean, std = row["level_mean"][name, level], row["level_std"][name, level]
-        cells.append(_mean_std(row, mean, std, digits=1))
-      lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"## {key.format(p=p)}: {_LEVEL_TITLES[name]}", ""]
+    lines += _markdown_table(header, body)
   lines += [
     "",
     "Percentages on the validation split, ours only: the paper reports no per-level values. "
