@@ -27,7 +27,6 @@ layout, the encodings and the id conventions follow the release.
 """
 
 import dataclasses
-import io
 import json
 import os
 import pathlib
@@ -35,9 +34,8 @@ import zipfile
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
-from segrpn_jax.datasets import cityscapes_instances, labels
+from segrpn_jax.datasets import cityscapes_instances, features, labels
 
 GRID_HEIGHT, GRID_WIDTH = 24, 40  # cells of the layout; the smallest size a release can have
 PNG_COMPRESS_LEVEL = 1  # zlib level: 8x faster than PIL's default 6 for a 15 % larger image
@@ -194,18 +192,8 @@ def draw_frames(
 
 
 def encode_png(array: np.ndarray) -> bytes:
-  """PNG bytes of a uint8 [H, W] / [H, W, 3] or uint16 [H, W] array (PIL, PNG_COMPRESS_LEVEL)."""
-  buffer = io.BytesIO()
-  Image.fromarray(array).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-  return buffer.getvalue()
-
-
-def _label_colors() -> np.ndarray:
-  colors = np.zeros((256, 3), np.uint8)
-  for label in labels.LABELS:
-    if label.id >= 0:
-      colors[label.id] = label.color
-  return colors
+  """PNG bytes of a uint8 [H, W] / [H, W, 3] or uint16 [H, W] array at PNG_COMPRESS_LEVEL."""
+  return features.encode_png(array, compress_level=PNG_COMPRESS_LEVEL)
 
 
 def frame_files(frame: Frame) -> dict[str, bytes]:
@@ -217,7 +205,7 @@ def frame_files(frame: Frame) -> dict[str, bytes]:
     f"leftImg8bit/{frame.split}/{frame.city}/{frame.stem}_leftImg8bit.png": encode_png(frame.image),
     gt + "labelIds.png": encode_png(frame.label_ids),
     gt + "instanceIds.png": encode_png(frame.instance_ids),
-    gt + "color.png": encode_png(_label_colors()[frame.label_ids]),
+    gt + "color.png": encode_png(labels.label_id_colors()[frame.label_ids]),
     gt + "polygons.json": json.dumps(polygons).encode(),
   }
 

@@ -88,17 +88,19 @@ def instance_extents(
   return boxes, areas.astype(np.int64)
 
 
-def encode_png(image: np.ndarray) -> bytes:
+def encode_png(image: np.ndarray, compress_level: int | None = None) -> bytes:
   """Encodes with PIL, which is faster than tfds' TF-graph encoder.
 
   Args:
-    image: uint8 [H, W] or [H, W, C].
+    image: uint8 [H, W] or [H, W, C], or uint16 [H, W].
+    compress_level: zlib level 0-9; None = PIL's default.
 
   Returns:
     The PNG bytes, which tfds stores as they are.
   """
+  options = {} if compress_level is None else {"compress_level": compress_level}
   buffer = io.BytesIO()
-  Image.fromarray(image).save(buffer, format="PNG")
+  Image.fromarray(image).save(buffer, format="PNG", **options)
   return buffer.getvalue()
 
 

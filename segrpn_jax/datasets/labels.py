@@ -135,6 +135,19 @@ def label_id_to_thing_index_lut() -> np.ndarray:
   return lut
 
 
+def label_id_colors() -> np.ndarray:
+  """The official colour of every labelId, as the release's *_gtFine_color.png shows them.
+
+  Returns:
+    uint8 [256, 3]: colours for labelIds 0..33, black for the rest.
+  """
+  colors = np.zeros((256, 3), np.uint8)
+  for label in LABELS:
+    if label.id >= 0:
+      colors[label.id] = label.color
+  return colors
+
+
 def train_id_colors() -> np.ndarray:
   """The official colour of every trainId, for visualisation.
 
