@@ -22,6 +22,37 @@ from segrpn_jax.models.segrpn import SegRPN
 # XLA CPU/GPU options for code that runs once: skip the expensive backend optimisations.
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
+# `train` keys that only the run loop reads: neither the state's shapes nor the step depend on them.
+RUN_LOOP_KEYS = (
+  "batch_size",
+  "num_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval_every_steps",
+  "log_every_steps",
+)
+
+
+def state_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+  """The entries that define the train state and its step, frozen (hashable): config.model,
+  config.loss, config.data.image_size and config.train less RUN_LOOP_KEYS.
+
+  Traced programs are kept per state_config (`abstract_state`, `train.jit_train_step`), so runs
+  that differ only in data, schedule length or bookkeeping share them. Those programs are
+  traced from this subset alone: one that read any other entry would fail on it, not go stale.
+  """
+  subset = ml_collections.ConfigDict(
+    {
+      "model": config.model.to_dict(),
+      "loss": config.loss.to_dict(),
+      "train": config.train.to_dict(),
+      "data": {"image_size": tuple(int(s) for s in config.data.image_size)},
+    }
+  )
+  for key in RUN_LOOP_KEYS:
+    del subset.train[key]
+  return ml_collections.FrozenConfigDict(subset)
+
 
 def create_model(config: ml_collections.ConfigDict) -> SegRPN:
   """The SegRPN module of a config.
@@ -62,14 +93,23 @@ def init_variables(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
   model = create_model(config)
   height, width = model.image_size
   dummy = jnp.zeros((1, height, width, 3), jnp.float32)
-  init = functools.partial(model.init, method=SegRPN.initialize)
-  if not isinstance(rng, jax.core.Tracer):  # inside a caller's jit, that jit compiles it
-    init = jax.jit(init, compiler_options=_FAST_COMPILE)
+  if isinstance(rng, jax.core.Tracer):  # inside a caller's jit, that jit compiles it
+    init = functools.partial(model.init, method=SegRPN.initialize)
+  else:
+    init = _jitted_init(model)
   variables = init({"params": rng}, dummy)
   variables = dict(variables)
   if config.model.pretrained:
     variables = pretrained.merge_pretrained_backbone(variables, config)
   return variables
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_init(model: SegRPN):
+  """The model's init, jitted once per model for the process (each new jit would trace again)."""
+  return jax.jit(
+    functools.partial(model.init, method=SegRPN.initialize), compiler_options=_FAST_COMPILE
+  )
 
 
 @flax.struct.dataclass
@@ -112,12 +152,18 @@ def init_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
 
 
 def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainState:
-  """The state's shapes and dtypes, replicated over `mesh`, without computing anything."""
-  replicated = parallel.replicated(mesh)
+  """The state's shapes and dtypes, replicated over `mesh`, without computing anything (traced
+  once per state_config and mesh for the process)."""
   # Shapes only: the pretrained weights (same shapes) need not be read, nor even be present.
   shapes_config = ml_collections.ConfigDict(config.to_dict())
   shapes_config.model.pretrained = ""
-  abstract = jax.eval_shape(functools.partial(init_state, shapes_config), jax.random.PRNGKey(0))
+  return _abstract_state(state_config(shapes_config), mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_state(config: ml_collections.FrozenConfigDict, mesh: Mesh) -> TrainState:
+  replicated = parallel.replicated(mesh)
+  abstract = jax.eval_shape(functools.partial(init_state, config), jax.random.PRNGKey(0))
   return jax.tree.map(
     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract
   )

@@ -185,11 +185,21 @@ def _close(manager, wait: bool) -> None:
 
 def jit_train_step(model, config: ml_collections.ConfigDict, mesh):
   """`train_step(state, batch)` jitted on `mesh`: the state replicated (and donated), the batch
-  split along its leading axis. Every caller with the same model, config and mesh gets the same
-  program, so the persistent compilation cache, when one is set, serves it to the next."""
+  split along its leading axis.
+
+  The jitted function is kept for the process's lifetime per model, mesh and
+  `state_lib.state_config(config)`, the entries the step reads, so a second run in the same
+  process (a resume, a longer schedule, another workdir) reuses its trace and compiled program.
+  Across processes the persistent compilation cache, when one is set, serves the compiled program.
+  """
+  return _jit_train_step(model, state_lib.state_config(config), mesh)
+
+
+@functools.lru_cache(maxsize=4)
+def _jit_train_step(model, step_config: ml_collections.FrozenConfigDict, mesh):
   replicated = parallel.replicated(mesh)
   return jax.jit(
-    functools.partial(train_step, model=model, config=config),
+    functools.partial(train_step, model=model, config=step_config),
     in_shardings=(replicated, parallel.data_sharding(mesh)),
     out_shardings=(replicated, replicated),
     donate_argnums=0,
