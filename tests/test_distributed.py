@@ -42,10 +42,11 @@ def _metrics(workdir: str) -> dict:
     return json.load(f)
 
 
-def test_two_processes_match_one(tmp_path, monkeypatch):
-  data_dir = str(tmp_path / "tfds")
+def test_two_processes_match_one(tiny_run, tmp_path, monkeypatch):
+  # The shared run's dataset (both children only read it); the reference below reuses the
+  # programs that run traced and compiled in this process.
+  data_dir = tiny_run[0]
   config = tiny_train_config(data_dir)
-  input_pipeline.get_builder(config)  # built once here; both children only read it
   workdir = str(tmp_path / "two_processes")
   port = _free_port()
   # One CPU device per process; the other XLA flags and the compilation cache are conftest's.
