@@ -12,6 +12,7 @@ import gc
 import json
 import logging as py_logging
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -68,7 +69,14 @@ def create_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Check
 _ORBAX_READ = "_read_array_index_and_device_put"
 
 
+# TensorStore's error for a read of a damaged OCDBT file. It reaches asyncio as the exception of
+# a plain Future, set from TensorStore's thread: it carries no Python traceback to recognise.
+_TENSORSTORE_READ_ERROR = re.compile(r"Error reading .* in OCDBT database")
+
+
 def _is_orbax_read_report(text: str, exc: BaseException | None) -> bool:
+  if exc is not None and exc.__traceback__ is None and _TENSORSTORE_READ_ERROR.search(str(exc)):
+    return True
   while exc is not None:
     frames = traceback.extract_tb(exc.__traceback__)
     if any(frame.name == _ORBAX_READ for frame in frames):

@@ -253,6 +253,13 @@ def test_reports_of_orbax_reads_that_failed_after_a_fallback_are_dropped_others_
     _read_array_index_and_device_put()
   except ValueError as e:
     orbax_error = e
+  # The same failure reported through a plain Future that TensorStore's thread completed: no
+  # Python traceback, only TensorStore's message (seen after a pytest run's summary).
+  tensorstore_error = ValueError(
+    'OUT_OF_RANGE: Error reading "params.a.kernel/0.0" in OCDBT database at local file '
+    '"/tmp/run/checkpoints/2/default/": Requested byte range [13, 15) is not valid for value of '
+    "size 14"
+  )
   try:
     raise ValueError("a user's own task")
   except ValueError as e:
@@ -266,6 +273,11 @@ def test_reports_of_orbax_reads_that_failed_after_a_fallback_are_dropped_others_
     with caplog.at_level(logging.ERROR, logger="asyncio"):
       for error in (orbax_error, other_error):
         asyncio_logger.error("Task exception was never retrieved", exc_info=error)
+      asyncio_logger.error(
+        "Future exception was never retrieved\nfuture: <Future finished exception=%r>",
+        tensorstore_error,
+        exc_info=tensorstore_error,
+      )
     for error, obj in ((orbax_error, "<coroutine _read_array_index_and_device_put>"),
                        (other_error, "<coroutine mine>")):  # fmt: skip
       sys.unraisablehook(types.SimpleNamespace(exc_value=error, object=obj))
