@@ -7,13 +7,18 @@
 - one persistent compilation cache per test run (a temporary folder, removed at exit), so a
   program compiled by one test or process is loaded, not compiled again, by the next (e.g. the
   train step of each train_and_evaluate run of the tiny config);
-- one 2-step run of the tiny config per test run (the `tiny_run` fixture), shared by the test
-  files that need a trained workdir.
+- one 2-step run of the tiny config per worker process (the `tiny_run` fixture), shared by the
+  test files that need a trained workdir;
+- `-n auto` (pyproject.toml's addopts, pytest-xdist): one worker per core available to the
+  process, at most MAX_WORKERS (each holds its own JAX, TensorFlow and compiled programs).
+  The workers share the compilation cache: this file runs in the controller first, and they
+  inherit its environment.
 
 Flags already in XLA_FLAGS are kept; a cache folder in JAX_COMPILATION_CACHE_DIR is used as is.
 """
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -55,6 +60,26 @@ jax.config.update(
   "jax_persistent_cache_min_entry_size_bytes",
   int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
 )
+
+
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+  """Workers for `-n auto`: the cores this process may run on, at most MAX_WORKERS."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(1, min(cores or 1, MAX_WORKERS))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session) -> None:
+  """On a worker, before it reports that it has finished: free the compiled programs and collect
+  the garbage. After that report the controller gives a worker 5 s to end before it sends it
+  SIGINT (execnet), whose KeyboardInterrupt, landing in JAX's garbage-collection callback, was
+  printed under the test results of a loaded machine."""
+  if hasattr(session.config, "workerinput"):
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
