@@ -133,6 +133,20 @@ def test_one_and_two_devices_give_the_same_loss(data_dir):
                params_1, params_2)  # fmt: skip
 
 
+def test_traced_programs_are_kept_per_state_config(data_dir):
+  config = tiny_train_config(data_dir)
+  other = tiny_train_config(data_dir + "/elsewhere")  # another data folder, a longer schedule
+  other.train.num_steps, other.train.checkpoint_every_steps = 100, 50
+  assert state_lib.state_config(other) == state_lib.state_config(config)
+  assert "num_steps" not in state_lib.state_config(config).train
+  model, mesh = api.create_model(config), parallel.make_mesh()
+  assert train.jit_train_step(model, other, mesh) is train.jit_train_step(model, config, mesh)
+  assert state_lib.abstract_state(other, mesh) is state_lib.abstract_state(config, mesh)
+  faster = tiny_train_config(data_dir)
+  faster.train.base_lr *= 2  # the step's program changes with it
+  assert train.jit_train_step(model, faster, mesh) is not train.jit_train_step(model, config, mesh)
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
   data_dir, tmp_path, monkeypatch
 ):
