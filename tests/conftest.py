@@ -66,7 +66,10 @@ MAX_WORKERS = 4
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-  """Workers for `-n auto`: the cores this process may run on, at most MAX_WORKERS."""
+  """Workers for `-n auto`: PYTEST_XDIST_AUTO_NUM_WORKERS when set (xdist's own setting), else the
+  cores this process may run on, at most MAX_WORKERS."""
+  if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+    return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   return max(1, min(cores or 1, MAX_WORKERS))
 
