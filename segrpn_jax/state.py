@@ -160,7 +160,8 @@ def abstract_state(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainState:
   return _abstract_state(state_config(shapes_config), mesh)
 
 
-@functools.lru_cache(maxsize=8)
+# Shapes only, no compiled program: cheap to keep for many configs (a process that loads many runs).
+@functools.lru_cache(maxsize=64)
 def _abstract_state(config: ml_collections.FrozenConfigDict, mesh: Mesh) -> TrainState:
   replicated = parallel.replicated(mesh)
   abstract = jax.eval_shape(functools.partial(init_state, config), jax.random.PRNGKey(0))
