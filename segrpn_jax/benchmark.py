@@ -63,7 +63,8 @@ def paper_config(
 
 
 def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0) -> dict:
-  """A training batch of `batch_size` images at config.data.image_size (docs' batch contract).
+  """A training batch of `batch_size` images at `state.train_image_size(config)` (docs' batch
+  contract).
 
   Args:
     config: the experiment config (image size, max_instances).
@@ -75,7 +76,7 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int =
     with up to half of max_instances rectangles per image, sides from 8 px to half the image.
   """
   rng = np.random.RandomState(seed)
-  height, width = config.data.image_size
+  height, width = state_lib.train_image_size(config)
   n = config.data.max_instances
   batch = {
     "image": rng.randn(batch_size, height, width, 3).astype(np.float32),
@@ -103,7 +104,7 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int =
 
 def train_step_fn(config: ml_collections.ConfigDict) -> tuple[Callable, state_lib.TrainState]:
   """(the jitted `state.train_step`, state donated, and an initial state on the default device)."""
-  model = state_lib.create_model(config)
+  model = state_lib.create_model(config, state_lib.train_image_size(config))
   state = state_lib.init_state(config, jax.random.key(config.seed))
   step = functools.partial(state_lib.train_step, model=model, config=config)
   return jax.jit(step, donate_argnums=0), state

@@ -31,6 +31,7 @@ _HOST_ONLY = ("image_id", "num_instances")  # checked and dropped before a train
 EVAL_DEVICE_KEYS = ("image", "semantic", "crowd", "example_mask")
 # Decoded in our own map rather than by tfds, so that skipping examples (resuming) is cheap.
 _LATE_DECODED = ("image", "semantic", "instance_map", "crowd")
+_MAPS = ("image", "semantic", "instance_map", "crowd")  # the [H, W, ...] entries of an element
 
 
 def _open_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -226,6 +227,49 @@ def preprocess(
   }
 
 
+def random_crop(element: dict, crop_size: tuple[int, int], seed: tf.Tensor) -> dict:
+  """A uniformly placed crop_size window of one preprocessed element (training only).
+
+  The maps are cut to the window. Each box is the extent of its instance's pixels inside the
+  window (how the datasets define a box: the extent of the instance map's pixels), and an
+  instance with no pixel inside is marked invalid in place, so indices still match the
+  instance map and every shape stays static.
+
+  Args:
+    element: an output of `preprocess`.
+    crop_size: (height, width) of the window, at most the element's image size.
+    seed: a stateless seed [2] that fixes the window's position.
+
+  Returns:
+    The element at crop_size, with `boxes`, `classes` (0 where invalid) and `valid` of the
+    window.
+  """
+  crop_h, crop_w = crop_size
+  height, width = element["image"].shape[:2]
+  room = tf.constant([height - crop_h + 1, width - crop_w + 1], tf.float32)
+  y0, x0 = tf.unstack(tf.cast(tf.random.stateless_uniform([2], seed) * room, tf.int32))
+  y0, x0 = tf.minimum(y0, height - crop_h), tf.minimum(x0, width - crop_w)
+  cut = {key: element[key][y0 : y0 + crop_h, x0 : x0 + crop_w] for key in _MAPS}
+
+  n = element["boxes"].shape[0]
+  # Segment k (1..n) gathers instance k's pixels; ids beyond n (an image over max_instances,
+  # which the host rejects) and 0 go to segments that are not read.
+  ids = tf.reshape(tf.clip_by_value(cut["instance_map"], 0, n + 1), [-1])
+  rows, cols = tf.meshgrid(tf.range(crop_h), tf.range(crop_w), indexing="ij")
+  rows, cols = tf.reshape(rows, [-1]), tf.reshape(cols, [-1])
+  extent = [
+    tf.math.unsorted_segment_min(cols, ids, n + 2)[1 : n + 1],
+    tf.math.unsorted_segment_min(rows, ids, n + 2)[1 : n + 1],
+    tf.math.unsorted_segment_max(cols, ids, n + 2)[1 : n + 1] + 1,
+    tf.math.unsorted_segment_max(rows, ids, n + 2)[1 : n + 1] + 1,
+  ]
+  present = tf.math.unsorted_segment_sum(tf.ones_like(ids), ids, n + 2)[1 : n + 1] > 0
+  valid = tf.logical_and(element["valid"], present)
+  boxes = tf.where(valid[:, None], tf.cast(tf.stack(extent, axis=1), tf.float32), 0.0)
+  classes = tf.where(valid, element["classes"], 0)
+  return {**element, **cut, "boxes": boxes, "classes": classes, "valid": valid}
+
+
 def check_instance_counts(batch: dict, max_instances: int) -> None:
   """Fails on an image with more instances than the padded size (they would be lost).
 
@@ -305,7 +349,12 @@ def create_train_iterator(
     seed = tf.stack([tf.constant(config.seed, tf.int64), position * process_count + process_index])
     flip = tf.logical_and(data.random_flip, tf.random.stateless_uniform([], seed) < 0.5)
     example = _decode(example, builder.info.features)
-    return preprocess(example, tuple(data.image_size), data.max_instances, flip)
+    element = preprocess(example, tuple(data.image_size), data.max_instances, flip)
+    if data.train_crop_size:
+      # The window is drawn from its own stream of the same (seed, process, k).
+      crop_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+      element = random_crop(element, tuple(data.train_crop_size), crop_seed)
+    return element
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   ds = _deterministic(ds.batch(batch_size, drop_remainder=True).prefetch(data.prefetch))

@@ -75,6 +75,15 @@ def _data_problems(config: ml_collections.ConfigDict) -> list[str | None]:
   problems = _positive(config, ("data.max_instances", "data.shuffle_buffer", "data.prefetch"))
   if height <= 0 or width <= 0:
     problems.append(f"config.data.image_size = {tuple(config.data.image_size)} must be positive.")
+  crop = tuple(config.data.get("train_crop_size") or ())
+  if crop and not (
+    len(crop) == 2 and all(isinstance(s, int) and s > 0 for s in crop)
+    and crop[0] <= height and crop[1] <= width
+  ):  # fmt: skip
+    problems.append(
+      f"config.data.train_crop_size = {crop} must be (height, width), positive and at most "
+      f"config.data.image_size = {(height, width)}; or () to train on the whole image."
+    )
   for key in ("train", "eval"):
     batch_size = config[key].batch_size
     try:

@@ -35,7 +35,8 @@ RUN_LOOP_KEYS = (
 
 def state_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
   """The entries that define the train state and its step, frozen (hashable): config.model,
-  config.loss, config.data.image_size and config.train less RUN_LOOP_KEYS.
+  config.loss, the training image size (`train_image_size`, as data.image_size) and
+  config.train less RUN_LOOP_KEYS.
 
   Traced programs are kept per state_config (`abstract_state`, `train.jit_train_step`), so runs
   that differ only in data, schedule length or bookkeeping share them. Those programs are
@@ -46,7 +47,7 @@ def state_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConf
       "model": config.model.to_dict(),
       "loss": config.loss.to_dict(),
       "train": config.train.to_dict(),
-      "data": {"image_size": tuple(int(s) for s in config.data.image_size)},
+      "data": {"image_size": train_image_size(config)},
     }
   )
   for key in RUN_LOOP_KEYS:
@@ -54,18 +55,26 @@ def state_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConf
   return ml_collections.FrozenConfigDict(subset)
 
 
-def create_model(config: ml_collections.ConfigDict) -> SegRPN:
+def train_image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(height, width) of a training image: config.data.train_crop_size, else image_size."""
+  return tuple(int(s) for s in (config.data.get("train_crop_size") or config.data.image_size))
+
+
+def create_model(config: ml_collections.ConfigDict, image_size=None) -> SegRPN:
   """The SegRPN module of a config.
 
   Args:
     config: the full config (config.model and config.data.image_size are used).
+    image_size: (height, width) of the input, default config.data.image_size (evaluation,
+      inference); the train step's model takes `train_image_size(config)`. The parameters
+      do not depend on it.
 
   Returns:
-    SegRPN(config=FrozenConfigDict(config.model), image_size=config.data.image_size).
+    SegRPN(config=FrozenConfigDict(config.model), image_size=image_size).
   """
   return SegRPN(
     config=ml_collections.FrozenConfigDict(config.model),
-    image_size=tuple(int(s) for s in config.data.image_size),
+    image_size=tuple(int(s) for s in (image_size or config.data.image_size)),
   )
 
 

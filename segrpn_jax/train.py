@@ -233,7 +233,8 @@ def _train_and_evaluate(
     logging.info("Resumed from the checkpoint of step %d.", step)
     # Newer steps are ones restore found damaged; this run writes them again.
     checkpointing.set_aside_newer(manager, workdir, step)
-  p_train_step = jit_train_step(model, config, mesh)
+  train_model = state_lib.create_model(config, state_lib.train_image_size(config))
+  p_train_step = jit_train_step(train_model, config, mesh)
   train_iter: Iterator[dict] = input_pipeline.create_train_iterator(config, start_step=step)
   eval_data = input_pipeline.create_eval_dataset(config)
 

@@ -125,6 +125,51 @@ def test_train_batches_follow_the_contract_and_flip_consistently(data_dir):
   assert 0 < sum(flips) < len(flips)  # both flipped and unflipped examples were seen
 
 
+def test_train_crops_are_windows_with_the_boxes_of_what_they_show(data_dir):
+  crop_h, crop_w = 24, 40
+  config = _config(data_dir, data__train_crop_size=(crop_h, crop_w))
+  examples = list(_examples(itertools.islice(input_pipeline.create_train_iterator(config), 8)))
+  again = next(input_pipeline.create_train_iterator(config))
+  np.testing.assert_array_equal(again["image"][0], examples[0]["image"])  # deterministic
+  plain = input_pipeline.create_eval_dataset(_config(data_dir, data__eval_split="train"))
+  plain = [e for e in _examples(plain) if e["example_mask"]]
+  offsets = set()
+  for example in examples:
+    assert example["image"].shape == (crop_h, crop_w, 3)
+    assert example["semantic"].shape == example["instance_map"].shape == (crop_h, crop_w)
+    # Find the source image, its flip and the window's corner by the pixels themselves.
+    windows = [
+      (source, flip, y, x)
+      for source in plain
+      for flip in (False, True)
+      for y in range(HEIGHT - crop_h + 1)
+      for x in range(WIDTH - crop_w + 1)
+      if np.array_equal(
+        example["image"],
+        (source["image"][:, ::-1] if flip else source["image"])[y : y + crop_h, x : x + crop_w],
+      )
+    ]
+    assert len(windows) == 1
+    source, flip, y, x = windows[0]
+    offsets.add((y, x))
+    for key in ("semantic", "instance_map", "crowd"):
+      whole = source[key][:, ::-1] if flip else source[key]
+      np.testing.assert_array_equal(example[key], whole[y : y + crop_h, x : x + crop_w])
+    # Each box is the extent of its instance's pixels in the window; an instance with no pixel
+    # there is invalid (class 0, zero box), at the same index.
+    for k in range(MAX_INSTANCES):
+      ys, xs = np.nonzero(example["instance_map"] == k + 1)
+      shown = source["valid"][k] and ys.size > 0
+      assert example["valid"][k] == shown
+      if shown:
+        expected = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        np.testing.assert_array_equal(example["boxes"][k], expected)
+        assert example["classes"][k] == source["classes"][k]
+      else:
+        assert example["classes"][k] == 0 and not example["boxes"][k].any()
+  assert len(offsets) > 4  # the windows move
+
+
 def test_eval_yields_every_example_once_and_pads_the_last_batch(data_dir):
   ev = input_pipeline.create_eval_dataset(_config(data_dir))
   assert (len(ev), ev.num_examples, ev.batch_size) == (1, 4, 6)

@@ -80,11 +80,14 @@ def test_every_bad_train_eval_and_data_value_is_named():
   t.checkpoint_every_steps, t.keep_checkpoints, t.eval_every_steps, t.log_every_steps = 0, 0, 0, 0
   c.eval.max_proposals, c.eval.num_image_summaries = 0, -1
   c.data.shuffle_buffer, c.data.prefetch = 0, 0
+  c.data.train_crop_size = (300, 128)
   with pytest.raises(run_config.ConfigError) as e:
     run_config.validate(c, check_files=False)
   expected = [
     "config.data.shuffle_buffer = 0 must be > 0.",
     "config.data.prefetch = 0 must be > 0.",
+    "config.data.train_crop_size = (300, 128) must be (height, width), positive and at most "
+    "config.data.image_size = (256, 512); or () to train on the whole image.",
     "config.train.base_lr = -0.01 must be > 0.",
     "config.train.decay_factor = 0.0 must be > 0.",
     "config.train.checkpoint_every_steps = 0 must be > 0.",

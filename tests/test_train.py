@@ -147,6 +147,20 @@ def test_traced_programs_are_kept_per_state_config(data_dir):
   assert train.jit_train_step(model, faster, mesh) is not train.jit_train_step(model, config, mesh)
 
 
+def test_training_on_crops_evaluates_the_whole_image(data_dir, tmp_path):
+  config = tiny_train_config(data_dir)
+  config.data.train_crop_size = (32, 64)  # a quarter of the 64x128 images
+  config.train.num_steps = 1
+  assert state_lib.state_config(config).data.image_size == (32, 64)
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert 0.0 <= results["mAP50"] <= 1.0 and 0.0 <= results["mIoU"] <= 1.0
+  with open(tmp_path / "run" / "metrics_1.json") as f:
+    assert json.load(f)["mIoU"] == results["mIoU"]
+  # The evaluation above ran at 64x128; so does a model loaded from the run.
+  _, model, _, step = api.load_checkpoint(str(tmp_path / "run"))
+  assert (model.image_size, step) == ((64, 128), 1)
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(
   data_dir, tmp_path, monkeypatch
 ):

@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   d.image_size = (512, 1024)  # (height, width) every image is resized to
   d.max_instances = 100  # ground-truth boxes per image are padded to this; more is an error
   d.random_flip = True  # horizontal flip in training
+  # (height, width) of a random window of the resized image to train on; () = the whole image.
+  # Evaluation always sees the whole image_size.
+  d.train_crop_size = ()
   d.shuffle_buffer = 1024  # tf.data shuffle buffer (examples)
   d.prefetch = 2  # batches prefetched on the host
   d.train_split = "train"  # TFDS split for training
