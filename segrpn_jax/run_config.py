@@ -67,6 +67,11 @@ def _model_problems(config: ml_collections.ConfigDict) -> list[str | None]:
       )
   if m.size_scale <= 0:
     problems.append(f"config.model.size_scale = {m.size_scale} must be > 0.")
+  width = m.get("class_agnostic_channels")
+  if width is not None and not width > 0:
+    problems.append(
+      f"config.model.class_agnostic_channels = {width!r} must be > 0, or None for the FPN's width."
+    )
   return problems
 
 
@@ -199,8 +204,9 @@ EVAL_KEYS = (
   "model.fusion.inference",
 )
 _MISSING = "<missing>"
-# Keys a run saved before they existed has, with their value (model.rpn_mask: RPN_mask built).
-_IMPLIED = {"model.rpn_mask": True}
+# Keys a run saved before they existed has, with their value (model.rpn_mask: RPN_mask built;
+# model.class_agnostic_channels: the FPN's width).
+_IMPLIED = {"model.rpn_mask": True, "model.class_agnostic_channels": None}
 
 
 class WorkdirError(errors.WorkdirError):

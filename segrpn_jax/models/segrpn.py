@@ -144,7 +144,7 @@ class SegRPN(nn.Module):
     self.rpn_det = rpn_lib.RPNHead(m.fpn_channels, num_anchors, dtype=dtype)
     if m.class_agnostic:
       self.class_agnostic = ClassAgnosticModule(
-        m.fpn_channels,
+        m.get("class_agnostic_channels") or m.fpn_channels,
         m.class_agnostic_convs,
         map_channels=m.semantic_channels,
         dtype=dtype,
