@@ -1,6 +1,9 @@
 """segrpn_jax.benchmark: random_batch honours the batch contract of docs/architecture.md, and
 paper_config is the paper setting; the configs' `tiny` token that tests and bench_eval share."""
 
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
@@ -99,3 +102,21 @@ def test_the_tiny_token_is_synthetic_made_small_in_any_order():
   assert tiny["model.size_scale"] == 64 / 512
   with pytest.raises(ValueError, match=r"unknown config token 'small'.*'synthetic', 'tiny'"):
     case1.get_config("small")
+
+
+def test_random_batch_and_bench_quickstart_use_the_training_crop():
+  path = os.path.join(os.path.dirname(__file__), "..", "scripts", "bench_quickstart.py")
+  spec = importlib.util.spec_from_file_location("bench_quickstart", path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  overrides = script.parse_overrides("data.train_crop_size=(128,256) train.batch_size=8 m=gn")
+  assert overrides == {"data.train_crop_size": (128, 256), "train.batch_size": 8, "m": "gn"}
+  del overrides["m"]
+  config = script.quick_start_config(overrides)
+  assert tuple(config.data.image_size) == (256, 512) and config.train.batch_size == 8
+  batch = benchmark.random_batch(config, batch_size=1)
+  assert batch["image"].shape == (1, 128, 256, 3) and batch["semantic"].shape == (1, 128, 256)
+  with pytest.raises(SystemExit, match=r"no key 'model\.widht'"):
+    script.quick_start_config({"model.widht": 0.5})
+  with pytest.raises(SystemExit, match="is not KEY=VALUE"):
+    script.parse_overrides("train.batch_size")
