@@ -416,6 +416,21 @@ def test_resnet50_shapes_at_512x1024():
   assert variables["params"]["box_head"]["fc0"]["kernel"].shape == (7 * 7 * 256, 1024)
 
 
+def test_class_agnostic_channels_narrows_the_module_and_rpn_masks_input_only():
+  config = tiny_config()
+  config.model.class_agnostic_channels = 8
+  params = jax.eval_shape(lambda k: api.init_variables(config, k), jax.random.key(0))["params"]
+  c = config.model.fpn_channels
+  for level in ("P2", "P6"):
+    ca = params["class_agnostic"]
+    assert ca[f"{level}_conv0"]["Conv_0"]["kernel"].shape == (3, 3, c, 8)
+    assert ca[f"{level}_logit"]["kernel"].shape == (1, 1, 8, 1)
+    assert ca[f"{level}_prior"]["kernel"].shape[2] == 8
+  # RPN_mask reads the narrow features and keeps the FPN's width, as RPN_det, for the fusion.
+  assert params["rpn_mask"]["conv"]["kernel"].shape == (3, 3, 8, c)
+  assert params["rpn_det"]["conv"]["kernel"].shape == (3, 3, c, c)
+
+
 def test_baseline_and_plain_faster_rcnn_have_no_extra_variables():
   full = tiny_config()
   baseline = tiny_config()

@@ -56,6 +56,19 @@ def test_a_run_saved_before_rpn_mask_existed_has_rpn_mask():
   assert run_config.differences(saved, new, ("model",)) == [("model.rpn_mask", True, False)]
 
 
+def test_a_run_saved_before_class_agnostic_channels_existed_has_the_fpn_width():
+  saved, new = segrpn.get_config("synthetic"), segrpn.get_config("synthetic")
+  del saved.model["class_agnostic_channels"]
+  assert run_config.differences(saved, new, ("model",)) == []
+  new.model.class_agnostic_channels = 16
+  assert run_config.differences(saved, new, ("model",)) == [
+    ("model.class_agnostic_channels", None, 16)
+  ]
+  new.model.class_agnostic_channels = 0
+  with pytest.raises(run_config.ConfigError, match="class_agnostic_channels = 0 must be > 0"):
+    run_config.validate(new, check_files=False)
+
+
 def test_a_missing_weights_file_names_the_key(tmp_path):
   c = default.synthetic(default.get_config())
   c.data.data_dir = str(tmp_path)
