@@ -13,7 +13,7 @@ exact size of the next finer map so that sizes not divisible by 64 still line up
 
   Class-agnostic module, one stack of its own per level l = 2..6 (the levels see different
   object scales, so their weights are not shared), K = config.model.class_agnostic_convs,
-  C = config.model.fpn_channels:
+  C = config.model.class_agnostic_channels (None: the FPN's width):
     P_l -> (conv3x3-GN-ReLU) x K -> M_l [B, H_l, W_l, C]    (input of RPN_mask on level l;
                                                               without RPN_mask, of the two below)
     M_l -> conv1x1 -> level logit map [B, H_l, W_l]          (loss class_agnostic: BCE against
