@@ -57,7 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.semantic_channels = 128  # semantic head conv width
   m.class_agnostic_convs = 2  # 3x3 convs per level in the class-agnostic module
   # Width of the class-agnostic module's per-level features M_l (RPN_mask's input); None = the
-  # FPN's width. The paper gives no width for the module: ours is a choice (docs/architecture.md).
+  # FPN's width. The paper gives no width: ours is a choice (docs/architecture.md); half the
+  # width over 3 seeds of the quick start: docs/results.md.
   m.class_agnostic_channels = ml_collections.config_dict.placeholder(int)
   m.scale_case = "case1"  # none | case1 | case2 | case3 (docs/architecture.md, eqs. 3-5)
   m.size_scale = 1.0  # scale-case thresholds are for 512x1024 input; multiply for other sizes
