@@ -230,10 +230,15 @@ def preprocess(
 def random_crop(element: dict, crop_size: tuple[int, int], seed: tf.Tensor) -> dict:
   """A uniformly placed crop_size window of one preprocessed element (training only).
 
-  The maps are cut to the window. Each box is the extent of its instance's pixels inside the
-  window (how the datasets define a box: the extent of the instance map's pixels), and an
-  instance with no pixel inside is marked invalid in place, so indices still match the
-  instance map and every shape stays static.
+  The maps are cut to the window; indices still match the instance map and every shape stays
+  static. Per instance:
+  - all of its pixels inside the window: its box, shifted to the window (as without a crop);
+  - some inside, some outside (cut by the window): the extent of its pixels inside, the way the
+    datasets define a box at the stored resolution;
+  - none in the map (resizing dropped a tiny instance): its box, shifted and clipped to the
+    window, valid if anything of it is left;
+  - none inside but some outside: invalid, class 0, zero box.
+  A window of the whole image therefore leaves the element as it is.
 
   Args:
     element: an output of `preprocess`.
@@ -252,20 +257,42 @@ def random_crop(element: dict, crop_size: tuple[int, int], seed: tf.Tensor) -> d
   cut = {key: element[key][y0 : y0 + crop_h, x0 : x0 + crop_w] for key in _MAPS}
 
   n = element["boxes"].shape[0]
-  # Segment k (1..n) gathers instance k's pixels; ids beyond n (an image over max_instances,
-  # which the host rejects) and 0 go to segments that are not read.
-  ids = tf.reshape(tf.clip_by_value(cut["instance_map"], 0, n + 1), [-1])
+
+  def segment_ids(instance_map):
+    # Segment k (1..n) gathers instance k's pixels; ids beyond n (an image over max_instances,
+    # which the host rejects) and 0 go to segments that are not read.
+    return tf.reshape(tf.clip_by_value(instance_map, 0, n + 1), [-1])
+
+  def pixel_counts(ids):
+    return tf.math.unsorted_segment_sum(tf.ones_like(ids), ids, n + 2)[1 : n + 1]
+
+  ids = segment_ids(cut["instance_map"])
+  inside = pixel_counts(ids)
+  total = pixel_counts(segment_ids(element["instance_map"]))
   rows, cols = tf.meshgrid(tf.range(crop_h), tf.range(crop_w), indexing="ij")
   rows, cols = tf.reshape(rows, [-1]), tf.reshape(cols, [-1])
-  extent = [
-    tf.math.unsorted_segment_min(cols, ids, n + 2)[1 : n + 1],
-    tf.math.unsorted_segment_min(rows, ids, n + 2)[1 : n + 1],
-    tf.math.unsorted_segment_max(cols, ids, n + 2)[1 : n + 1] + 1,
-    tf.math.unsorted_segment_max(rows, ids, n + 2)[1 : n + 1] + 1,
-  ]
-  present = tf.math.unsorted_segment_sum(tf.ones_like(ids), ids, n + 2)[1 : n + 1] > 0
-  valid = tf.logical_and(element["valid"], present)
-  boxes = tf.where(valid[:, None], tf.cast(tf.stack(extent, axis=1), tf.float32), 0.0)
+  extent = tf.cast(
+    tf.stack(
+      [
+        tf.math.unsorted_segment_min(cols, ids, n + 2)[1 : n + 1],
+        tf.math.unsorted_segment_min(rows, ids, n + 2)[1 : n + 1],
+        tf.math.unsorted_segment_max(cols, ids, n + 2)[1 : n + 1] + 1,
+        tf.math.unsorted_segment_max(rows, ids, n + 2)[1 : n + 1] + 1,
+      ],
+      axis=1,
+    ),
+    tf.float32,
+  )
+  offset = tf.cast(tf.stack([x0, y0, x0, y0]), tf.float32)
+  limit = tf.constant([crop_w, crop_h, crop_w, crop_h], tf.float32)
+  shifted = tf.clip_by_value(element["boxes"] - offset, 0.0, limit)
+  shifted_area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
+  whole = tf.logical_and(total > 0, tf.equal(inside, total))
+  dropped = tf.logical_and(tf.equal(total, 0), shifted_area > 0)
+  shown = tf.logical_or(tf.logical_or(whole, dropped), inside > 0)
+  valid = tf.logical_and(element["valid"], shown)
+  boxes = tf.where(tf.logical_or(whole, dropped)[:, None], shifted, extent)
+  boxes = tf.where(valid[:, None], boxes, 0.0)
   classes = tf.where(valid, element["classes"], 0)
   return {**element, **cut, "boxes": boxes, "classes": classes, "valid": valid}
 

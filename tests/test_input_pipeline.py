@@ -1,5 +1,6 @@
 """input_pipeline on synthetic_streets/tiny: the batch contract, flips, eval coverage, errors."""
 
+import collections
 import itertools
 import re
 
@@ -133,7 +134,7 @@ def test_train_crops_are_windows_with_the_boxes_of_what_they_show(data_dir):
   np.testing.assert_array_equal(again["image"][0], examples[0]["image"])  # deterministic
   plain = input_pipeline.create_eval_dataset(_config(data_dir, data__eval_split="train"))
   plain = [e for e in _examples(plain) if e["example_mask"]]
-  offsets = set()
+  offsets, cases = set(), collections.Counter()
   for example in examples:
     assert example["image"].shape == (crop_h, crop_w, 3)
     assert example["semantic"].shape == example["instance_map"].shape == (crop_h, crop_w)
@@ -155,19 +156,49 @@ def test_train_crops_are_windows_with_the_boxes_of_what_they_show(data_dir):
     for key in ("semantic", "instance_map", "crowd"):
       whole = source[key][:, ::-1] if flip else source[key]
       np.testing.assert_array_equal(example[key], whole[y : y + crop_h, x : x + crop_w])
-    # Each box is the extent of its instance's pixels in the window; an instance with no pixel
-    # there is invalid (class 0, zero box), at the same index.
+    # A whole instance keeps its box, shifted; a cut one gets the extent of its pixels in the
+    # window; one resizing dropped from the map keeps what of its box is in the window; one
+    # with no pixel there is invalid (class 0, zero box), at the same index.
+    source_map = source["instance_map"][:, ::-1] if flip else source["instance_map"]
+    source_boxes = source["boxes"].copy()
+    if flip:
+      source_boxes[:, [0, 2]] = WIDTH - source_boxes[:, [2, 0]]
+    limit = np.array([crop_w, crop_h, crop_w, crop_h], np.float32)
+    kinds = []
     for k in range(MAX_INSTANCES):
       ys, xs = np.nonzero(example["instance_map"] == k + 1)
-      shown = source["valid"][k] and ys.size > 0
-      assert example["valid"][k] == shown
-      if shown:
-        expected = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
-        np.testing.assert_array_equal(example["boxes"][k], expected)
-        assert example["classes"][k] == source["classes"][k]
+      total = np.count_nonzero(source_map == k + 1)
+      shifted = np.clip(source_boxes[k] - np.array([x, y, x, y], np.float32), 0, limit)
+      if not source["valid"][k]:
+        kind, expected = "padding", None
+      elif total and ys.size == total:
+        kind, expected = "whole", shifted
+      elif ys.size:
+        kind, expected = "cut", [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+      elif total == 0 and (shifted[2] - shifted[0]) * (shifted[3] - shifted[1]) > 0:
+        kind, expected = "dropped", shifted
       else:
+        kind, expected = "outside", None
+      kinds.append(kind)
+      assert example["valid"][k] == (expected is not None), (k, kind)
+      if expected is None:
         assert example["classes"][k] == 0 and not example["boxes"][k].any()
+      else:
+        np.testing.assert_allclose(example["boxes"][k], expected, atol=1e-4)
+        assert example["classes"][k] == source["classes"][k]
+    cases.update(kinds)
   assert len(offsets) > 4  # the windows move
+  assert {"whole", "cut", "outside"} <= set(cases), cases
+
+
+def test_a_crop_of_the_whole_image_changes_nothing(data_dir):
+  cropped = next(
+    input_pipeline.create_train_iterator(_config(data_dir, data__train_crop_size=(HEIGHT, WIDTH)))
+  )
+  plain = next(input_pipeline.create_train_iterator(_config(data_dir)))
+  assert cropped.keys() == plain.keys()
+  for key in plain:
+    np.testing.assert_array_equal(cropped[key], plain[key], err_msg=key)
 
 
 def test_eval_yields_every_example_once_and_pads_the_last_batch(data_dir):
