@@ -50,8 +50,10 @@ def quick_start_config(overrides: dict):
     *path, name = key.split(".")
     node = config
     for part in path:
-      node = node[part]
-    if name not in node:
+      node = node.get(part)
+      if not hasattr(node, "keys"):
+        break
+    if not hasattr(node, "keys") or name not in node:
       raise SystemExit(f"--variant: config has no key {key!r} (see segrpn_jax/configs/default.py)")
     node[name] = value
   return config
@@ -64,7 +66,8 @@ def measure(overrides: dict, repeats: int) -> dict:
 
   config = quick_start_config(overrides)
   step, state = benchmark.train_step_fn(config)
-  data = benchmark.random_batch(config, config.train.batch_size)
+  size = state_lib.train_image_size(config)
+  data = benchmark.random_batch(config, config.train.batch_size, size=size)
   holder = [state]
 
   def run_step():
@@ -76,7 +79,7 @@ def measure(overrides: dict, repeats: int) -> dict:
     "compile_s": first,
     "times": [float(t) for t in warm],
     "batch": config.train.batch_size,
-    "size": state_lib.train_image_size(config),
+    "size": size,
   }
 
 

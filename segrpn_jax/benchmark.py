@@ -62,21 +62,24 @@ def paper_config(
   return config
 
 
-def random_batch(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0) -> dict:
-  """A training batch of `batch_size` images at `state.train_image_size(config)` (docs' batch
-  contract).
+def random_batch(
+  config: ml_collections.ConfigDict, batch_size: int, seed: int = 0, size=None
+) -> dict:
+  """A training batch of `batch_size` images (docs' batch contract).
 
   Args:
     config: the experiment config (image size, max_instances).
     batch_size: images in the batch.
     seed: NumPy seed.
+    size: (height, width) of the images; default config.data.image_size. A config that trains
+      on crops needs `state.train_image_size(config)` for `train_step_fn`'s step.
 
   Returns:
     {'image', 'semantic', 'instance_map', 'crowd', 'boxes', 'classes', 'valid', 'example_mask'}
     with up to half of max_instances rectangles per image, sides from 8 px to half the image.
   """
   rng = np.random.RandomState(seed)
-  height, width = state_lib.train_image_size(config)
+  height, width = size or config.data.image_size
   n = config.data.max_instances
   batch = {
     "image": rng.randn(batch_size, height, width, 3).astype(np.float32),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from segrpn_jax import benchmark
+from segrpn_jax import state as state_lib
 from segrpn_jax.configs import baseline, case1, default
 
 
@@ -114,9 +115,11 @@ def test_random_batch_and_bench_quickstart_use_the_training_crop():
   del overrides["m"]
   config = script.quick_start_config(overrides)
   assert tuple(config.data.image_size) == (256, 512) and config.train.batch_size == 8
-  batch = benchmark.random_batch(config, batch_size=1)
+  batch = benchmark.random_batch(config, batch_size=1, size=state_lib.train_image_size(config))
   assert batch["image"].shape == (1, 128, 256, 3) and batch["semantic"].shape == (1, 128, 256)
-  with pytest.raises(SystemExit, match=r"no key 'model\.widht'"):
-    script.quick_start_config({"model.widht": 0.5})
+  assert benchmark.random_batch(config, batch_size=1)["image"].shape == (1, 256, 512, 3)
+  for key in ("model.widht", "modl.width_multiplier", "seed.x"):
+    with pytest.raises(SystemExit, match=f"no key {key!r}".replace(".", r"\.")):
+      script.quick_start_config({key: 0.5})
   with pytest.raises(SystemExit, match="is not KEY=VALUE"):
     script.parse_overrides("train.batch_size")
