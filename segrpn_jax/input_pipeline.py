@@ -29,9 +29,10 @@ from segrpn_jax.pretrained import PIXEL_MEAN, PIXEL_STD
 _HOST_ONLY = ("image_id", "num_instances")  # checked and dropped before a train batch is yielded
 # The keys evaluation passes into jit (image_id stays on the host).
 EVAL_DEVICE_KEYS = ("image", "semantic", "crowd", "example_mask")
-# Decoded in our own map rather than by tfds, so that skipping examples (resuming) is cheap.
-_LATE_DECODED = ("image", "semantic", "instance_map", "crowd")
 _MAPS = ("image", "semantic", "instance_map", "crowd")  # the [H, W, ...] entries of an element
+# The maps are decoded in our own map rather than by tfds, so that skipping examples (resuming)
+# is cheap.
+_LATE_DECODED = _MAPS
 
 
 def _open_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -289,9 +290,9 @@ def random_crop(element: dict, crop_size: tuple[int, int], seed: tf.Tensor) -> d
   shifted_area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
   whole = tf.logical_and(total > 0, tf.equal(inside, total))
   dropped = tf.logical_and(tf.equal(total, 0), shifted_area > 0)
-  shown = tf.logical_or(tf.logical_or(whole, dropped), inside > 0)
-  valid = tf.logical_and(element["valid"], shown)
-  boxes = tf.where(tf.logical_or(whole, dropped)[:, None], shifted, extent)
+  keeps_box = tf.logical_or(whole, dropped)  # else the extent of its pixels in the window
+  valid = tf.logical_and(element["valid"], tf.logical_or(dropped, inside > 0))
+  boxes = tf.where(keeps_box[:, None], shifted, extent)
   boxes = tf.where(valid[:, None], boxes, 0.0)
   classes = tf.where(valid, element["classes"], 0)
   return {**element, **cut, "boxes": boxes, "classes": classes, "valid": valid}
